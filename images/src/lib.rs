@@ -1,0 +1,2 @@
+//! imagegen: bootable Raspberry Pi images for armfleet workers.
+#![deny(missing_docs)]

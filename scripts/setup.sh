@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Installs everything armfleet's tools and tests need on a Debian bookworm machine, as root.
+# Idempotent: a step that is already done says so and moves on. One line per step.
+# Every apt source added here reuses the mirror the machine is already configured with.
+set -euo pipefail
+
+step() { printf 'setup: %-46s ' "$1"; }
+ok() { echo "${1:-ok}"; }
+fail() { echo "FAILED"; echo "setup: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || { echo "setup: run as root (apt, binfmt_misc and mounts need it)" >&2; exit 1; }
+export DEBIAN_FRONTEND=noninteractive
+
+# --- apt sources -------------------------------------------------------------------------------
+# The mirror: the first Debian archive URI of the existing sources (deb822 or one-line format).
+mirror_uri() {
+  local uri=""
+  if compgen -G "/etc/apt/sources.list.d/*.sources" >/dev/null; then
+    uri=$(awk '/^URIs:/ {print $2}' /etc/apt/sources.list.d/*.sources 2>/dev/null |
+      grep -v -- '-security' | grep '/debian/\?$' | head -n1 || true)
+  fi
+  if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+    uri=$(awk '$1=="deb" && $0 !~ /security/ {for(i=2;i<=NF;i++) if ($i ~ /^(https?|file|ftp):/) {print $i; exit}}' \
+      /etc/apt/sources.list)
+  fi
+  echo "$uri"
+}
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+
+step "apt mirror"
+MIRROR=$(mirror_uri)
+[ -n "$MIRROR" ] || fail "no Debian mirror found in /etc/apt/sources.list{,.d}: configure one first"
+ok "$MIRROR"
+
+step "apt sources (non-free-firmware, backports)"
+src=/etc/apt/sources.list.d/armfleet.sources
+want=$(cat <<SRC
+# Written by armfleet scripts/setup.sh from the mirror this machine already uses.
+Types: deb
+URIs: $MIRROR
+Suites: bookworm bookworm-updates
+Components: non-free-firmware
+Signed-By: $keyring
+
+Types: deb
+URIs: $MIRROR
+Suites: bookworm-backports
+Components: main non-free-firmware
+Signed-By: $keyring
+SRC
+)
+if [ -f "$src" ] && [ "$(cat "$src")" = "$want" ]; then ok "present"; else
+  printf '%s\n' "$want" >"$src"; ok "written $src"; fi
+
+step "foreign architecture arm64"
+if dpkg --print-foreign-architectures | grep -qx arm64; then ok "present"; else
+  dpkg --add-architecture arm64 || fail "dpkg --add-architecture arm64 failed"; ok "added"; fi
+
+# apt-get update only when the lists are older than the sources (or missing arm64 / backports).
+stamp=/var/lib/apt/lists/.armfleet-updated
+step "apt-get update"
+if [ -f "$stamp" ] && [ "$stamp" -nt "$src" ] && [ "$stamp" -nt /var/lib/dpkg/arch ] &&
+  [ -n "$(find "$stamp" -mmin -1440 2>/dev/null)" ]; then ok "fresh"; else
+  apt-get update -qq >/tmp/armfleet-apt-update.log 2>&1 || { cat /tmp/armfleet-apt-update.log >&2; fail "apt-get update failed (log above)"; }
+  touch "$stamp"; ok; fi
+
+install_pkgs() { # label, apt args...
+  local label=$1; shift
+  step "$label"
+  local missing=()
+  local skip=0
+  for p in "$@"; do
+    if [ $skip = 1 ]; then skip=0; continue; fi
+    case $p in -t) skip=1; continue ;; -*) continue ;; esac
+    dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed || missing+=("$p"); done
+  if [ ${#missing[@]} -eq 0 ]; then ok "present"; return; fi
+  apt-get install -y -qq --no-install-recommends "$@" >/tmp/armfleet-apt.log 2>&1 ||
+    { tail -n 20 /tmp/armfleet-apt.log >&2; fail "apt-get install $* failed (log above)"; }
+  ok "installed ${missing[*]}"
+}
+
+install_pkgs "adb" adb
+install_pkgs "qemu-user-static, binfmt-support" qemu-user-static binfmt-support
+install_pkgs "aarch64 cross compiler" gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+install_pkgs "filesystem tools" e2fsprogs dosfstools mtools fdisk file util-linux
+install_pkgs "mmdebstrap" mmdebstrap
+install_pkgs "qemu-system-arm (backports, QEMU 10)" -t bookworm-backports qemu-system-arm
+install_pkgs "misc test tools" python3 procps iproute2 cpio zstd xz-utils busybox
+
+step "qemu-system-aarch64 has raspi4b"
+qemu-system-aarch64 -machine help 2>/dev/null | grep -q '^raspi4b' && ok || fail "qemu-system-aarch64 lacks the raspi4b machine (need QEMU >= 9 from bookworm-backports)"
+
+# --- binfmt_misc: aarch64 binaries run transparently, also inside chroots (F = fix binary) ------
+step "binfmt_misc mounted"
+if [ -f /proc/sys/fs/binfmt_misc/status ]; then ok "present"; else
+  mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null ||
+    fail "cannot mount binfmt_misc on /proc/sys/fs/binfmt_misc (needs root in the initial namespace)"
+  ok "mounted"; fi
+
+step "qemu-aarch64 registered with flag F"
+entry=/proc/sys/fs/binfmt_misc/qemu-aarch64
+if [ -f "$entry" ] && grep -q '^flags:.*F' "$entry" && grep -q 'interpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\|interpreter /usr/bin/qemu-aarch64-static' "$entry"; then
+  ok "present"
+else
+  [ -f "$entry" ] && echo -1 >"$entry"
+  interp=/usr/bin/qemu-aarch64-static
+  [ -x "$interp" ] || fail "$interp missing after installing qemu-user-static"
+  magic='\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00'
+  mask='\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff'
+  echo ":qemu-aarch64:M::${magic}:${mask}:${interp}:F" >/proc/sys/fs/binfmt_misc/register ||
+    fail "registering qemu-aarch64 in binfmt_misc failed"
+  ok "registered"
+fi
+
+# --- Rust targets ------------------------------------------------------------------------------
+for t in aarch64-unknown-linux-musl aarch64-unknown-linux-gnu aarch64-linux-android; do
+  step "rustup target $t"
+  if rustup target list --installed 2>/dev/null | grep -qx "$t"; then ok "present"; else
+    rustup target add "$t" >/tmp/armfleet-rustup.log 2>&1 || { cat /tmp/armfleet-rustup.log >&2; fail "rustup target add $t failed"; }
+    ok "added"; fi
+done
+
+step "rustfmt, clippy"
+if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then ok "present"; else
+  rustup component add rustfmt clippy >/dev/null 2>&1 || fail "rustup component add rustfmt clippy failed"; ok "added"; fi
+
+step "smoke: aarch64 binary runs through binfmt"
+probe=$(mktemp -d)
+printf 'int main(void){return 42;}\n' >"$probe/p.c"
+aarch64-linux-gnu-gcc -static -o "$probe/p" "$probe/p.c" 2>/dev/null || { rm -rf "$probe"; fail "aarch64-linux-gnu-gcc cannot build a static program"; }
+set +e; "$probe/p"; rc=$?; set -e
+rm -rf "$probe"
+[ "$rc" = 42 ] || fail "a static aarch64 program did not run through binfmt (exit $rc)"
+ok
+echo "setup: done"

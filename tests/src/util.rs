@@ -1,0 +1,61 @@
+//! Paths and one-time builds shared by the end-to-end tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root (the folder holding the root `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// Cargo's target directory for this build (honours `CARGO_TARGET_DIR`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() { dir } else { workspace_root().join(dir) }
+        }
+        None => workspace_root().join("target"),
+    }
+}
+
+/// A scratch/cache directory under the target dir that survives between test runs
+/// (downloaded Debian packages, built rootfs trees). Created on first use.
+pub fn cache_dir(name: &str) -> PathBuf {
+    let dir = target_dir().join("armfleet-test-cache").join(name);
+    std::fs::create_dir_all(&dir).expect("create test cache dir");
+    dir
+}
+
+/// The cross-built static aarch64 binary `name` (`node-runtime` or `k3s-standin`).
+///
+/// `scripts/test.sh` builds them before the tests run; when a test is run on its own and the
+/// binary is missing, it is built here once (`scripts/cross-build.sh --test-tools`) under a file
+/// lock, so parallel tests do not build it twice.
+pub fn aarch64_bin(name: &str) -> PathBuf {
+    let path = target_dir()
+        .join("aarch64-unknown-linux-musl/release")
+        .join(name);
+    if path.exists() && std::env::var_os("ARMFLEET_REBUILD_AARCH64").is_none() {
+        return path;
+    }
+    let lock_path = target_dir().join("armfleet-cross-build.lock");
+    std::fs::create_dir_all(target_dir()).ok();
+    let lock = std::fs::File::create(&lock_path).expect("create build lock");
+    // SAFETY: flock on a file descriptor we own; released when `lock` is dropped.
+    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    if !path.exists() || std::env::var_os("ARMFLEET_REBUILD_AARCH64").is_some() {
+        let status = Command::new(workspace_root().join("scripts/cross-build.sh"))
+            .arg("--test-tools")
+            .current_dir(workspace_root())
+            .status()
+            .expect("run scripts/cross-build.sh");
+        assert!(status.success(), "scripts/cross-build.sh --test-tools failed");
+    }
+    drop(lock);
+    assert!(path.exists(), "{} missing after cross-build", path.display());
+    path
+}

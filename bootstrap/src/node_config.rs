@@ -223,7 +223,7 @@ fn yes() -> bool {
     true
 }
 fn default_status_file() -> PathBuf {
-    "/run/armfleet/status.json".into()
+    "/var/lib/armfleet/status.json".into()
 }
 fn default_token_file() -> PathBuf {
     "/etc/armfleet/token".into()
@@ -563,7 +563,7 @@ mod tests {
     use super::*;
 
     const PHONE: &str = r#"
-status_file = "/run/armfleet/status.json"
+status_file = "/var/lib/armfleet/status.json"
 [node]
 name = "phone-1"
 kind = "phone"

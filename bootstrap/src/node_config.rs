@@ -418,10 +418,7 @@ impl NodeConfig {
         if let Some(url) = &self.k3s.url
             && !(url.starts_with("https://") || url.starts_with("http://"))
         {
-            return Err(bad(
-                "k3s.url",
-                format!("{url:?} is not an http(s) URL"),
-            ));
+            return Err(bad("k3s.url", format!("{url:?} is not an http(s) URL")));
         }
         if self.k3s.url.is_some() && self.k3s.sha256.is_none() {
             return Err(bad(
@@ -437,11 +434,16 @@ impl NodeConfig {
             ("status_file", &self.status_file),
         ] {
             if !path.is_absolute() {
-                return Err(bad(key, format!("{} is not an absolute path", path.display())));
+                return Err(bad(
+                    key,
+                    format!("{} is not an absolute path", path.display()),
+                ));
             }
         }
         for arg in self.k3s.extra_args.iter().chain(&self.k3s.kubelet_args) {
-            if arg.starts_with("--token") && !arg.starts_with("--token-file") || arg.starts_with("K10") {
+            if arg.starts_with("--token") && !arg.starts_with("--token-file")
+                || arg.starts_with("K10")
+            {
                 return Err(bad(
                     "k3s.extra_args",
                     "a token must not be passed as an argument (it would show in `ps`): use server.token_file".into(),
@@ -450,12 +452,18 @@ impl NodeConfig {
         }
         if let Some(di) = &self.k3s.data_image {
             if !di.path.is_absolute() {
-                return Err(bad("k3s.data_image.path", format!("{} is not an absolute path", di.path.display())));
+                return Err(bad(
+                    "k3s.data_image.path",
+                    format!("{} is not an absolute path", di.path.display()),
+                ));
             }
             if di.size_mib < 256 {
                 return Err(bad(
                     "k3s.data_image.size_mib",
-                    format!("{} MiB is too small for k3s images and containers: use at least 256", di.size_mib),
+                    format!(
+                        "{} MiB is too small for k3s images and containers: use at least 256",
+                        di.size_mib
+                    ),
                 ));
             }
         }
@@ -463,13 +471,19 @@ impl NodeConfig {
             if !chroot.root.is_absolute() || chroot.root == Path::new("/") {
                 return Err(bad(
                     "chroot.root",
-                    format!("{} must be an absolute path other than /", chroot.root.display()),
+                    format!(
+                        "{} must be an absolute path other than /",
+                        chroot.root.display()
+                    ),
                 ));
             }
             if let Some(h) = &chroot.hostname
                 && !is_dns_label(h)
             {
-                return Err(bad("chroot.hostname", format!("{h:?} is not a valid hostname")));
+                return Err(bad(
+                    "chroot.hostname",
+                    format!("{h:?} is not a valid hostname"),
+                ));
             }
         }
         if let Some(p) = &self.power {
@@ -503,12 +517,18 @@ impl NodeConfig {
             }
         }
         if self.logs.max_bytes < 4096 {
-            return Err(bad("logs.max_bytes", format!("{} is too small: use at least 4096", self.logs.max_bytes)));
+            return Err(bad(
+                "logs.max_bytes",
+                format!("{} is too small: use at least 4096", self.logs.max_bytes),
+            ));
         }
         if self.supervise.backoff_initial_ms == 0 || self.supervise.backoff_initial_ms > 1000 {
             return Err(bad(
                 "supervise.backoff_initial_ms",
-                format!("{} must be between 1 and 1000 (the first retry comes within a second)", self.supervise.backoff_initial_ms),
+                format!(
+                    "{} must be between 1 and 1000 (the first retry comes within a second)",
+                    self.supervise.backoff_initial_ms
+                ),
             ));
         }
         Ok(())
@@ -548,14 +568,17 @@ fn one_line_toml_error(e: &toml::de::Error, text: &str) -> String {
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
 
 /// 64 lowercase hex digits.
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]
@@ -598,8 +621,13 @@ root = "/data/armfleet/rootfs"
     #[test]
     fn unknown_key_names_line_and_key() {
         let text = PHONE.replace("iface = \"wlan0\"", "iface = \"wlan0\"\nifcae = \"x\"");
-        let err = NodeConfig::from_toml_str(&text, "/etc/armfleet/node.toml").unwrap_err().to_string();
-        assert!(err.starts_with("/etc/armfleet/node.toml: line 13:"), "{err}");
+        let err = NodeConfig::from_toml_str(&text, "/etc/armfleet/node.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/etc/armfleet/node.toml: line 13:"),
+            "{err}"
+        );
         assert!(err.contains("ifcae"), "{err}");
         assert!(!err.contains('\n'), "{err}");
     }
@@ -607,21 +635,33 @@ root = "/data/armfleet/rootfs"
     #[test]
     fn plain_http_server_is_refused() {
         let text = PHONE.replace("https://10.10.0.1", "http://10.10.0.1");
-        let err = NodeConfig::from_toml_str(&text, "n.toml").unwrap_err().to_string();
-        assert!(err.contains("key `server.url`") && err.contains("https"), "{err}");
+        let err = NodeConfig::from_toml_str(&text, "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key `server.url`") && err.contains("https"),
+            "{err}"
+        );
     }
 
     #[test]
     fn flapping_power_marks_are_refused() {
-        let text = PHONE.replace("[power]", "[power]\ncharge_stop_above = 50\ncharge_resume_below = 60");
-        let err = NodeConfig::from_toml_str(&text, "n.toml").unwrap_err().to_string();
+        let text = PHONE.replace(
+            "[power]",
+            "[power]\ncharge_stop_above = 50\ncharge_resume_below = 60",
+        );
+        let err = NodeConfig::from_toml_str(&text, "n.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("power.charge_resume_below"), "{err}");
     }
 
     #[test]
     fn token_in_extra_args_is_refused() {
         let text = PHONE.replace("[network]", "extra_args = [\"--token=abc\"]\n[network]");
-        let err = NodeConfig::from_toml_str(&text, "n.toml").unwrap_err().to_string();
+        let err = NodeConfig::from_toml_str(&text, "n.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("token_file"), "{err}");
     }
 }

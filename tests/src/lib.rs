@@ -1,4 +1,5 @@
 //! Test equipment for armfleet: the virtual phone, the k3s stand-in, QEMU boot checks.
 //! None of it is shipped; it exists so the real tools can be proven without hardware.
 
+pub mod debian;
 pub mod util;

@@ -16,7 +16,11 @@ pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => {
             let dir = PathBuf::from(dir);
-            if dir.is_absolute() { dir } else { workspace_root().join(dir) }
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
         }
         None => workspace_root().join("target"),
     }
@@ -53,9 +57,16 @@ pub fn aarch64_bin(name: &str) -> PathBuf {
             .current_dir(workspace_root())
             .status()
             .expect("run scripts/cross-build.sh");
-        assert!(status.success(), "scripts/cross-build.sh --test-tools failed");
+        assert!(
+            status.success(),
+            "scripts/cross-build.sh --test-tools failed"
+        );
     }
     drop(lock);
-    assert!(path.exists(), "{} missing after cross-build", path.display());
+    assert!(
+        path.exists(),
+        "{} missing after cross-build",
+        path.display()
+    );
     path
 }

@@ -4,7 +4,7 @@
 # Every apt source added here reuses the mirror the machine is already configured with.
 set -euo pipefail
 
-step() { printf 'setup: %-46s ' "$1"; }
+step() { printf 'setup: %-52s '' "$1"; }
 ok() { echo "${1:-ok}"; }
 fail() { echo "FAILED"; echo "setup: $*" >&2; exit 1; }
 
@@ -52,17 +52,30 @@ SRC
 if [ -f "$src" ] && [ "$(cat "$src")" = "$want" ]; then ok "present"; else
   printf '%s\n' "$want" >"$src"; ok "written $src"; fi
 
-step "foreign architecture arm64"
-if dpkg --print-foreign-architectures | grep -qx arm64; then ok "present"; else
-  dpkg --add-architecture arm64 || fail "dpkg --add-architecture arm64 failed"; ok "added"; fi
+# arm64: the node rootfs, Pi boot assets, test userlands. armhf: the virtual 32-bit phone.
+for arch in arm64 armhf; do
+  step "foreign architecture $arch"
+  if dpkg --print-foreign-architectures | grep -qx $arch; then ok "present"; else
+    dpkg --add-architecture $arch || fail "dpkg --add-architecture $arch failed"; ok "added"; fi
+done
 
 # apt-get update only when the lists are older than the sources (or missing arm64 / backports).
 stamp=/var/lib/apt/lists/.armfleet-updated
 step "apt-get update"
 if [ -f "$stamp" ] && [ "$stamp" -nt "$src" ] && [ "$stamp" -nt /var/lib/dpkg/arch ] &&
   [ -n "$(find "$stamp" -mmin -1440 2>/dev/null)" ]; then ok "fresh"; else
-  apt-get update -qq >/tmp/armfleet-apt-update.log 2>&1 || { cat /tmp/armfleet-apt-update.log >&2; fail "apt-get update failed (log above)"; }
-  touch "$stamp"; ok; fi
+  # A mirror mid-sync fails an index now and then; retry, and if one index still fails, go on with
+  # the old lists: a package that is really missing makes its install step fail with its name.
+  updated=no
+  for attempt in 1 2 3; do
+    if apt-get update -qq >/tmp/armfleet-apt-update.log 2>&1; then updated=yes; break; fi
+    sleep $((attempt * 5))
+  done
+  if [ $updated = yes ]; then touch "$stamp"; ok
+  elif grep -q '^E: Some index files failed to download' /tmp/armfleet-apt-update.log; then
+    ok "partial (some indexes kept their old copy: $(grep -c '^E: Failed to fetch' /tmp/armfleet-apt-update.log) failed)"
+  else cat /tmp/armfleet-apt-update.log >&2; fail "apt-get update failed (log above)"; fi
+fi
 
 install_pkgs() { # label, apt args...
   local label=$1; shift
@@ -97,20 +110,25 @@ if [ -f /proc/sys/fs/binfmt_misc/status ]; then ok "present"; else
     fail "cannot mount binfmt_misc on /proc/sys/fs/binfmt_misc (needs root in the initial namespace)"
   ok "mounted"; fi
 
-step "qemu-aarch64 registered with flag F"
-entry=/proc/sys/fs/binfmt_misc/qemu-aarch64
-if [ -f "$entry" ] && grep -q '^flags:.*F' "$entry" && grep -q 'interpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\|interpreter /usr/bin/qemu-aarch64-static' "$entry"; then
-  ok "present"
-else
-  [ -f "$entry" ] && echo -1 >"$entry"
-  interp=/usr/bin/qemu-aarch64-static
+# F: the interpreter is opened at registration, so it works inside chroots without qemu in them.
+# P: argv[0] is preserved; busybox applets that start other applets by name (setsid, nohup, env)
+#    need it. qemu-arm serves the 32-bit (armv7) phone profile of the virtual phone.
+register_binfmt() { # name magic mask interpreter
+  local name=$1 magic=$2 mask=$3 interp=$4 entry=/proc/sys/fs/binfmt_misc/$1
+  step "$name registered in binfmt_misc (flags PF)"
+  if [ -f "$entry" ] && grep -q '^flags: *PF$' "$entry" && grep -q "^interpreter $interp\$" "$entry"; then
+    ok "present"; return; fi
   [ -x "$interp" ] || fail "$interp missing after installing qemu-user-static"
-  magic='\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00'
-  mask='\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff'
-  echo ":qemu-aarch64:M::${magic}:${mask}:${interp}:F" >/proc/sys/fs/binfmt_misc/register ||
-    fail "registering qemu-aarch64 in binfmt_misc failed"
+  if [ -f "$entry" ]; then echo -1 >"$entry" || fail "cannot unregister the old $name binfmt entry"; fi
+  echo ":$name:M::${magic}:${mask}:${interp}:PF" >/proc/sys/fs/binfmt_misc/register ||
+    fail "registering $name in binfmt_misc failed"
   ok "registered"
-fi
+}
+elf_mask='\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff'
+register_binfmt qemu-aarch64 \
+  '\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00' "$elf_mask" /usr/bin/qemu-aarch64-static
+register_binfmt qemu-arm \
+  '\x7fELF\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x28\x00' "$elf_mask" /usr/bin/qemu-arm-static
 
 # --- Rust targets ------------------------------------------------------------------------------
 for t in aarch64-unknown-linux-musl aarch64-unknown-linux-gnu aarch64-linux-android; do

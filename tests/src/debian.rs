@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Holds an exclusive `flock` on a file until dropped; serialises cache fills across test processes.
-struct FileLock(std::fs::File);
+struct FileLock(#[allow(dead_code)] std::fs::File);
 
 impl FileLock {
     fn acquire(path: &Path) -> FileLock {

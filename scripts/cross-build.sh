@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 target=aarch64-unknown-linux-musl
 bins=(-p node-runtime --bin node-runtime)
-if [ "${1:-}" = "--test-tools" ]; then bins+=(-p armfleet-tests --bin k3s-standin); fi
+if [ "${1:-}" = "--test-tools" ]; then bins+=(-p k3s-standin --bin k3s-standin); fi
 
 engine_up() { { command -v docker >/dev/null && docker info >/dev/null 2>&1; } ||
   { command -v podman >/dev/null && podman info >/dev/null 2>&1; }; }

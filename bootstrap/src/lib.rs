@@ -1,12 +1,28 @@
 //! Shared by every armfleet tool so that every ARM worker — Pi or phone — is made the same way.
 //!
+//! - [`topology`]: the lab (`topology.toml`), and the `node.toml` of each worker in it.
 //! - [`node_config`]: `node.toml`, the one config file `node-runtime` reads on every worker.
+//! - [`download`]: pinned, resumable, hash-checked downloads.
+//! - [`cache`]: where downloads and builds are kept.
+//! - [`rootfs`]: the node rootfs (Debian base + overlay), cached by input hash.
+//! - [`pgz`]: parallel gzip (one member, deterministic).
+//! - [`token`]: the k3s join token: sources, formats, the server CA check, 0600 files.
+//! - [`unit`]: the systemd unit that starts `node-runtime` on a Pi.
 //! - [`progress`]: progress events the libraries emit and the binaries draw.
 //! - [`exit`]: the exit-code classes shared by the binaries.
 #![deny(missing_docs)]
 
+pub mod cache;
+pub mod digest;
+pub mod download;
 pub mod exit;
 pub mod node_config;
+pub mod pgz;
 pub mod progress;
+pub mod rootfs;
+pub mod token;
+pub mod topology;
+pub mod unit;
 
 pub use node_config::NodeConfig;
+pub use topology::Topology;

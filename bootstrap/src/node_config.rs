@@ -625,7 +625,7 @@ root = "/data/armfleet/rootfs"
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("/etc/armfleet/node.toml: line 13:"),
+            err.starts_with("/etc/armfleet/node.toml: line 12:"),
             "{err}"
         );
         assert!(err.contains("ifcae"), "{err}");

@@ -1,5 +1,67 @@
-//! node-runtime: the supervisor that runs on every armfleet worker.
+//! node-runtime: the supervisor that runs on every armfleet worker, Pi or phone.
+//!
+//! - [`agent`]: the `k3s agent` command line built from `node.toml`, and the node IP.
+//! - [`token`]: the join token file's safety checks and the one-time token drop.
+//! - [`k3sbin`]: the k3s binary against its sha256 pin, fetched from the mirror when it differs.
+//! - [`supervisor`]: runs the agent, restarts it with backoff, logs, health, signals.
+//! - [`status`]: the JSON health record `node-runtime status` prints and `phonectl status` parses.
+//! - [`logs`]: size-rotated log files.
+//! - [`power`]: phone battery care (charge switch, low-battery pause) and the wakelock.
+//! - [`chroot`]: the phone's chroot in its own mount namespace, cgroups, the ext4 data image.
+//! - [`daemon`]: `run --detach`, the pidfile, `stop`.
+//! - [`unpack`]: `node-runtime unpack`, the atomic rootfs install.
+//! - [`kernel`]: `check-kernel`, the k3s kernel requirements.
 #![deny(missing_docs)]
+
+pub mod agent;
+pub mod chroot;
+pub mod daemon;
+pub mod k3sbin;
+pub mod kernel;
+pub mod logs;
+pub mod power;
+pub mod status;
+pub mod supervisor;
+pub mod token;
+pub mod unpack;
 
 /// The version printed by `node-runtime --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The pidfile's name; it lives next to the status file (by default
+/// `/var/lib/armfleet/node-runtime.pid`), inside the worker's root.
+pub const PIDFILE_NAME: &str = "node-runtime.pid";
+
+/// The pidfile of `node-runtime run` as a path inside the worker's root (see
+/// [`bootstrap::NodeConfig::host_path`] for the path outside a phone's chroot).
+pub fn pidfile(config: &bootstrap::NodeConfig) -> std::path::PathBuf {
+    config
+        .status_file
+        .parent()
+        .unwrap_or(std::path::Path::new("/var/lib/armfleet"))
+        .join(PIDFILE_NAME)
+}
+
+/// Seconds since the Unix epoch, for status records.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Prints one supervisor line to stderr with a UTC timestamp (systemd's journal or the detached
+/// log file keeps it). Never given the token.
+pub fn say(msg: impl std::fmt::Display) {
+    use std::io::Write;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let ms = now.subsec_millis();
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "{h:02}:{m:02}:{s:02}.{ms:03} node-runtime: {msg}"
+    );
+}

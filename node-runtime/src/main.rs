@@ -1,10 +1,213 @@
-use clap::Parser;
+//! `node-runtime`: thin command line over the `node_runtime` library.
 
-/// The armfleet worker supervisor.
+use bootstrap::exit::ExitClass;
+use bootstrap::node_config::DEFAULT_CONFIG_PATH;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The armfleet worker supervisor: runs the k3s agent on a Pi or in a phone's chroot.
 #[derive(Parser)]
-#[command(name = "node-runtime", version = node_runtime::VERSION)]
-struct Cli {}
+#[command(
+    name = "node-runtime",
+    version = node_runtime::VERSION,
+    after_help = "Examples:
+  node-runtime run --detach --config /data/armfleet/node.toml   # phone boot hook
+  node-runtime status --json
+  node-runtime stop
+  phonectl push rootfs.tar.gz | node-runtime unpack --dest /data/armfleet/rootfs --sha256 <HASH>
+  node-runtime check-kernel --config-gz config.gz"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
 
-fn main() {
-    let _ = Cli::parse();
+#[derive(Subcommand)]
+enum Cmd {
+    /// Prepare the node (token, chroot on phones, k3s binary) and supervise `k3s agent`.
+    #[command(after_help = "Examples:
+  node-runtime run                                   # in the foreground (systemd on a Pi)
+  node-runtime run --detach --config /data/armfleet/node.toml
+Signals: SIGTERM stops the agent (SIGKILL after supervise.stop_grace_secs); SIGHUP re-reads
+node.toml and restarts the agent only if its arguments changed.")]
+    Run {
+        /// node.toml.
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Run in the background (new session, output to the log dir); returns once prepared.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop the running supervisor (and the agent with it) and wait for it to exit.
+    #[command(after_help = "Example:\n  node-runtime stop --config /data/armfleet/node.toml")]
+    Stop {
+        /// node.toml.
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Show the agent's health as recorded by the supervisor.
+    #[command(
+        after_help = "Examples:\n  node-runtime status\n  node-runtime status --json --config /data/armfleet/node.toml"
+    )]
+    Status {
+        /// node.toml.
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Print the JSON record (what `phonectl status` reads).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install a rootfs .tar.gz read from stdin into DIR, atomically.
+    #[command(
+        after_help = "Example:\n  node-runtime unpack --dest /data/armfleet/rootfs --sha256 3b1f...e9 < rootfs.tar.gz"
+    )]
+    Unpack {
+        /// The directory to create or replace.
+        #[arg(long)]
+        dest: PathBuf,
+        /// Expected sha256 of the compressed stream; nothing is replaced if it differs.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
+    /// Check a kernel config against k3s' requirements (default: the running kernel's).
+    #[command(
+        name = "check-kernel",
+        after_help = "Examples:\n  node-runtime check-kernel\n  node-runtime check-kernel --config-gz ./config.gz --json"
+    )]
+    CheckKernel {
+        /// A config.gz (or a plain .config) instead of /proc/config.gz.
+        #[arg(long)]
+        config_gz: Option<PathBuf>,
+        /// JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the systemd unit that starts node-runtime on a Pi.
+    #[command(
+        after_help = "Example:\n  node-runtime unit > /etc/systemd/system/node-runtime.service"
+    )]
+    Unit,
+}
+
+struct Failure {
+    class: ExitClass,
+    message: String,
+}
+
+fn fail(class: ExitClass, e: impl std::fmt::Display) -> Failure {
+    Failure {
+        class,
+        message: e.to_string(),
+    }
+}
+
+fn main() -> ExitCode {
+    // Before any thread exists: signals are taken with sigtimedwait by the supervisor.
+    node_runtime::supervisor::block_signals();
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("node-runtime: {}", f.message);
+            ExitCode::from(f.class.code())
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
+    use node_runtime::*;
+    match cmd {
+        Cmd::Run { config, detach } => {
+            if detach {
+                let pid = daemon::detach(&config).map_err(|e| fail(e.exit_class(), e))?;
+                println!("node-runtime started in the background (pid {pid})");
+            } else {
+                supervisor::run(supervisor::RunOptions {
+                    config_path: config,
+                    ready: None,
+                })
+                .map_err(|e| fail(e.exit_class(), e))?;
+            }
+            Ok(0)
+        }
+        Cmd::Stop { config } => {
+            let c = bootstrap::NodeConfig::load(&config).map_err(|e| fail(ExitClass::Usage, e))?;
+            match daemon::stop(&c).map_err(|e| fail(e.exit_class(), e))? {
+                daemon::Stopped::NotRunning => println!("node-runtime is not running"),
+                daemon::Stopped::Stopped { pid } => println!("node-runtime (pid {pid}) stopped"),
+            }
+            Ok(0)
+        }
+        Cmd::Status { config, json } => {
+            let c = bootstrap::NodeConfig::load(&config).map_err(|e| fail(ExitClass::Usage, e))?;
+            let path = c.host_path(&c.status_file);
+            let s = status::read(&path).map_err(|e| fail(ExitClass::Device, e))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).expect("serialises"));
+            } else {
+                print!("{}", s.render());
+            }
+            // The record was printed: success, whatever it says (phonectl parses it).
+            Ok(0)
+        }
+        Cmd::Unpack { dest, sha256 } => {
+            let stdin = std::io::stdin().lock();
+            let u = unpack::unpack(stdin, &dest, sha256.as_deref()).map_err(|e| {
+                let class = match e {
+                    unpack::UnpackError::BadHash(_) | unpack::UnpackError::BadDest(_) => {
+                        ExitClass::Usage
+                    }
+                    _ => ExitClass::Device,
+                };
+                fail(class, e)
+            })?;
+            println!(
+                "unpacked {} entries ({} bytes, sha256 {}) into {}{}",
+                u.entries,
+                u.bytes,
+                u.sha256,
+                dest.display(),
+                if u.replaced {
+                    ", replacing the old tree"
+                } else {
+                    ""
+                }
+            );
+            Ok(0)
+        }
+        Cmd::CheckKernel { config_gz, json } => {
+            let (text, origin) = match &config_gz {
+                Some(p) => (
+                    kernel::read_config_file(p).map_err(|e| fail(ExitClass::Usage, e))?,
+                    p.display().to_string(),
+                ),
+                None => kernel::local_config().map_err(|e| fail(ExitClass::Device, e))?,
+            };
+            let mut report =
+                kernel::check_kernel_text(&text, &origin).map_err(|e| fail(ExitClass::Usage, e))?;
+            if config_gz.is_none()
+                && let Ok(c) = std::fs::read_to_string("/proc/cgroups")
+            {
+                report.cgroup_controllers = Some(kernel::enabled_cgroup_controllers(&c));
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("serialises")
+                );
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.passes() {
+                0
+            } else {
+                ExitClass::Device.code()
+            })
+        }
+        Cmd::Unit => {
+            print!("{}", bootstrap::unit::SYSTEMD_UNIT);
+            Ok(0)
+        }
+    }
 }

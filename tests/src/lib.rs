@@ -2,4 +2,8 @@
 //! None of it is shipped; it exists so the real tools can be proven without hardware.
 
 pub mod debian;
+pub mod fixtures;
+pub mod qemu;
+pub mod standin;
 pub mod util;
+pub mod vphone;

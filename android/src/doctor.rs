@@ -1,0 +1,594 @@
+//! The preflight: what a phone is and whether it can be a worker. Reads only; changes nothing.
+//!
+//! [`probe`] gathers facts over ADB (a handful of read-only commands); [`assess`] turns them into
+//! one verdict per item and an overall verdict. The kernel config is fetched raw
+//! (`/proc/config.gz`) and checked on the host by `node-runtime`'s own checker, so the phone and
+//! `node-runtime check-kernel` can never disagree.
+
+use crate::adb::AdbError;
+use crate::device::{Device, ShellOutput, as_root};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Minimum free space on /data when no rootfs size is known (rootfs + a small data image).
+pub const DEFAULT_NEED_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// How `su` answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "kebab-case")]
+pub enum Root {
+    /// `su` works; the string names the manager (Magisk, KernelSU) and version.
+    Granted(String),
+    /// `su` exists but refused this shell.
+    Denied(String),
+    /// No `su` binary.
+    Absent,
+}
+
+/// Everything the probe read from the phone.
+#[derive(Debug, Clone, Serialize)]
+pub struct Facts {
+    /// The phone.
+    pub serial: String,
+    /// `ro.product.model`.
+    pub model: Option<String>,
+    /// `ro.build.version.release`.
+    pub android: Option<String>,
+    /// `ro.build.version.sdk`.
+    pub sdk: Option<u32>,
+    /// `ro.product.cpu.abi`.
+    pub abi: Option<String>,
+    /// `uname -m`.
+    pub machine: String,
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// Root access.
+    pub root: Root,
+    /// `getenforce`.
+    pub selinux: Option<String>,
+    /// `/proc/config.gz` as read (root when available), or why it could not be read.
+    #[serde(skip)]
+    pub config_gz: Result<Vec<u8>, String>,
+    /// The cgroup mounts found in /proc/mounts: mount point → fs type and options.
+    pub cgroup_mounts: Vec<(String, String, String)>,
+    /// Free bytes on /data, when `stat -f` answered.
+    pub data_free: Option<u64>,
+    /// Battery capacity percent.
+    pub battery_percent: Option<u8>,
+    /// Battery status (`Charging`, `Discharging`, `Full`, `Not charging`).
+    pub battery_status: Option<String>,
+}
+
+/// Parses `getprop`'s full dump (`[key]: [value]` lines).
+pub fn parse_getprop(text: &str) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.trim().strip_prefix('[') else {
+            continue;
+        };
+        let Some((key, rest)) = rest.split_once("]: [") else {
+            continue;
+        };
+        let Some(value) = rest.strip_suffix(']') else {
+            continue;
+        };
+        map.insert(key.to_owned(), value.to_owned());
+    }
+    map
+}
+
+/// Reads the facts. Read-only commands; root ones through `su -c`.
+pub fn probe(dev: &dyn Device) -> Result<Facts, AdbError> {
+    // Independent read-only commands, run concurrently (each is one adb round trip and one
+    // process start on the phone: latency, not bandwidth, is what costs).
+    let root_config = as_root("cat /proc/config.gz");
+    let cmds: [&str; 9] = [
+        "getprop",
+        "uname -r -m",
+        &as_root("id -u"),
+        "su -v",
+        "getenforce",
+        &root_config,
+        "cat /proc/mounts",
+        "stat -f -c '%a %S' /data",
+        "cat /sys/class/power_supply/battery/capacity /sys/class/power_supply/battery/status",
+    ];
+    let outs: Vec<Result<ShellOutput, AdbError>> = std::thread::scope(|s| {
+        let hs: Vec<_> = cmds.iter().map(|c| s.spawn(move || dev.shell(c))).collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("probe thread"))
+            .collect()
+    });
+    let mut outs = outs.into_iter();
+    let mut next = || outs.next().expect("one output per command");
+    let props = parse_getprop(&next()?.out());
+    let prop = |k: &str| props.get(k).filter(|v| !v.is_empty()).cloned();
+    let uname = next()?.out();
+    let mut words = uname.split_whitespace();
+    let kernel_release = words.next().unwrap_or("").to_owned();
+    let machine = words.next().unwrap_or("").to_owned();
+
+    let id = next()?;
+    let v = next()?;
+    let root = if id.success() && id.out() == "0" {
+        let ver = v.out();
+        let lower = ver.to_lowercase();
+        Root::Granted(if lower.contains("kernelsu") {
+            format!("KernelSU {}", ver.split(':').next().unwrap_or(&ver))
+        } else if lower.contains("magisk") {
+            format!("Magisk {}", ver.split(':').next().unwrap_or(&ver))
+        } else if ver.is_empty() {
+            "su".to_owned()
+        } else {
+            format!("su {ver}")
+        })
+    } else if id.status == 127
+        || String::from_utf8_lossy(&id.stderr).contains("not found")
+            && !String::from_utf8_lossy(&id.stderr).contains("denied")
+    {
+        Root::Absent
+    } else {
+        Root::Denied(id.err_line())
+    };
+    let rooted = matches!(root, Root::Granted(_));
+
+    let selinux = Some(next()?).filter(|o| o.success()).map(|o| o.out());
+
+    let mut cfg = next()?;
+    if !rooted {
+        // Some phones let the shell user read it.
+        cfg = dev.shell("cat /proc/config.gz")?;
+    }
+    let config_gz = if cfg.success() && !cfg.stdout.is_empty() {
+        Ok(cfg.stdout)
+    } else {
+        Err(cfg.err_line())
+    };
+
+    let mounts = next()?.out();
+    let cgroup_mounts = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4 && (f[2] == "cgroup" || f[2] == "cgroup2"))
+                .then(|| (f[1].to_owned(), f[2].to_owned(), f[3].to_owned()))
+        })
+        .collect();
+
+    let df = next()?;
+    let data_free = df.success().then(|| df.out()).and_then(|s| {
+        let mut w = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+        Some(w.next()?? * w.next()??)
+    });
+
+    let bat = next()?;
+    let bat_out = String::from_utf8_lossy(&bat.stdout).into_owned();
+    let mut bat_lines = bat_out.lines();
+    let battery_percent = bat_lines.next().and_then(|l| l.trim().parse().ok());
+    let battery_status = bat_lines.next().map(|l| l.trim().to_owned());
+
+    Ok(Facts {
+        serial: dev.serial().to_owned(),
+        model: prop("ro.product.model"),
+        android: prop("ro.build.version.release"),
+        sdk: prop("ro.build.version.sdk").and_then(|s| s.parse().ok()),
+        abi: prop("ro.product.cpu.abi"),
+        machine,
+        kernel_release,
+        root,
+        selinux,
+        config_gz,
+        cgroup_mounts,
+        data_free,
+        battery_percent,
+        battery_status,
+    })
+}
+
+/// A verdict on one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Fine.
+    Ok,
+    /// Works, but the owner should know.
+    Warn,
+    /// Blocks enrolment.
+    Fail,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Ok => "ok",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        })
+    }
+}
+
+/// One line of the doctor's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Item {
+    /// Stable name: `arch`, `android`, `root`, `selinux`, `kernel`, `cgroups`, `storage`, `battery`.
+    pub name: &'static str,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// What was found.
+    pub detail: String,
+    /// What to do, when not ok.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// The doctor's report for one phone.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The phone.
+    pub serial: String,
+    /// Its model, when known.
+    pub model: Option<String>,
+    /// The worst item verdict.
+    pub overall: Verdict,
+    /// One per item, in a fixed order.
+    pub items: Vec<Item>,
+    /// Required kernel options missing (also in the `kernel` item's detail).
+    pub kernel_missing_required: Vec<String>,
+    /// Optional kernel options missing.
+    pub kernel_missing_optional: Vec<String>,
+}
+
+impl Report {
+    /// The items that fail, for error messages.
+    pub fn failures(&self) -> impl Iterator<Item = &Item> {
+        self.items.iter().filter(|i| i.verdict == Verdict::Fail)
+    }
+}
+
+/// Required and optional kernel options missing from a kernel config text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelMissing {
+    /// Required options not set.
+    pub required: Vec<String>,
+    /// Optional options not set.
+    pub optional: Vec<String>,
+}
+
+/// Checks a kernel config text (what `/proc/config.gz` holds, un-gzipped).
+pub type KernelChecker = fn(&[u8]) -> Result<KernelMissing, String>;
+
+/// Judges the facts. `need_bytes`: free space on /data that enrolment needs.
+pub fn assess(facts: &Facts, need_bytes: u64, kernel: KernelChecker) -> Report {
+    let mut items = Vec::new();
+    let mut item = |name, verdict, detail: String, fix: Option<&str>| {
+        items.push(Item {
+            name,
+            verdict,
+            detail,
+            fix: fix.map(str::to_owned),
+        })
+    };
+
+    let abi = facts.abi.clone().unwrap_or_default();
+    let arch_desc = format!(
+        "{} (ABI {})",
+        facts.machine,
+        if abi.is_empty() { "?" } else { &abi }
+    );
+    if facts.machine == "aarch64" || abi == "arm64-v8a" {
+        item("arch", Verdict::Ok, arch_desc, None);
+    } else if facts.machine.starts_with("armv") || abi.starts_with("armeabi") {
+        item(
+            "arch",
+            Verdict::Fail,
+            format!("{arch_desc}: a 32-bit ARM (armv7) phone"),
+            Some(
+                "not supported: node-runtime and k3s are built for aarch64 only, and k3s has no 32-bit ARM agent for Android kernels; use a 64-bit phone",
+            ),
+        );
+    } else {
+        item(
+            "arch",
+            Verdict::Fail,
+            format!("{arch_desc}: not ARM64"),
+            Some("only aarch64 phones can be workers"),
+        );
+    }
+
+    let android = match (&facts.android, facts.sdk) {
+        (Some(r), Some(s)) => format!("Android {r} (SDK {s})"),
+        (Some(r), None) => format!("Android {r}"),
+        _ => "unknown Android version".to_owned(),
+    };
+    if facts.sdk.is_some_and(|s| s < 24) {
+        item(
+            "android",
+            Verdict::Fail,
+            android,
+            Some("Android 7 or newer is needed (shell protocol v2, cgroups)"),
+        );
+    } else {
+        item("android", Verdict::Ok, android, None);
+    }
+
+    match &facts.root {
+        Root::Granted(how) => item("root", Verdict::Ok, how.clone(), None),
+        Root::Denied(msg) => item(
+            "root",
+            Verdict::Fail,
+            format!("su denied the shell: {msg}"),
+            Some(
+                "open Magisk (or KernelSU) > Superuser, allow `Shell`, then retry; accept the prompt on the phone if one appears",
+            ),
+        ),
+        Root::Absent => item(
+            "root",
+            Verdict::Fail,
+            "not rooted (no su)".into(),
+            Some(
+                "root the phone with Magisk or KernelSU (unlocked bootloader needed); see PHONES.md",
+            ),
+        ),
+    }
+
+    match facts.selinux.as_deref() {
+        Some("Enforcing") => item(
+            "selinux",
+            Verdict::Ok,
+            "Enforcing (node-runtime runs in the root manager's permissive su domain)".into(),
+            None,
+        ),
+        Some(mode) => item("selinux", Verdict::Ok, mode.to_owned(), None),
+        None => item(
+            "selinux",
+            Verdict::Ok,
+            "unknown (no getenforce)".into(),
+            None,
+        ),
+    }
+
+    let mut kernel_missing = KernelMissing::default();
+    match &facts.config_gz {
+        Err(why) => item(
+            "kernel",
+            Verdict::Warn,
+            format!(
+                "{}: cannot read /proc/config.gz ({why}); options not checked",
+                facts.kernel_release
+            ),
+            Some(
+                "a kernel built without CONFIG_IKCONFIG_PROC cannot be checked; if k3s fails, see PHONES.md (kernels)",
+            ),
+        ),
+        Ok(gz) => match kernel(gz) {
+            Err(why) => item(
+                "kernel",
+                Verdict::Warn,
+                format!(
+                    "{}: /proc/config.gz unreadable: {why}",
+                    facts.kernel_release
+                ),
+                None,
+            ),
+            Ok(missing) => {
+                if !missing.required.is_empty() {
+                    item(
+                        "kernel",
+                        Verdict::Fail,
+                        format!(
+                            "{}: missing required options: {}",
+                            facts.kernel_release,
+                            missing.required.join(" ")
+                        ),
+                        Some(
+                            "this kernel cannot run k3s (a stock GKI kernel lacks these); flash a kernel built with them, see PHONES.md (kernels)",
+                        ),
+                    )
+                } else if !missing.optional.is_empty() {
+                    item(
+                        "kernel",
+                        Verdict::Warn,
+                        format!(
+                            "{}: all required options; optional missing: {}",
+                            facts.kernel_release,
+                            missing.optional.join(" ")
+                        ),
+                        Some("k3s runs; without VXLAN use flannel host-gw or wireguard-native"),
+                    )
+                } else {
+                    item(
+                        "kernel",
+                        Verdict::Ok,
+                        format!(
+                            "{}: all required and optional options",
+                            facts.kernel_release
+                        ),
+                        None,
+                    )
+                }
+                kernel_missing = missing;
+            }
+        },
+    }
+
+    let has =
+        |pred: &dyn Fn(&(String, String, String)) -> bool| facts.cgroup_mounts.iter().any(pred);
+    let v2 = has(&|m| m.1 == "cgroup2");
+    let v1_memory = has(&|m| m.1 == "cgroup" && (m.2.contains("memory") || m.0.ends_with("memcg")));
+    let v1_count = facts
+        .cgroup_mounts
+        .iter()
+        .filter(|m| m.1 == "cgroup")
+        .count();
+    let layout = match (v2, v1_count) {
+        (true, 0) => "v2 (unified)".to_owned(),
+        (true, n) => format!("hybrid: cgroup2 + {n} v1 controller mounts"),
+        (false, n) => format!("v1: {n} controller mounts"),
+    };
+    if v2 || v1_memory {
+        item("cgroups", Verdict::Ok, layout, None);
+    } else {
+        item(
+            "cgroups",
+            Verdict::Fail,
+            if facts.cgroup_mounts.is_empty() {
+                "no cgroup filesystem mounted".into()
+            } else {
+                format!("{layout}, none with the memory controller")
+            },
+            Some("k3s needs cgroup v2 or a v1 memory controller; use a kernel with CONFIG_MEMCG"),
+        );
+    }
+
+    match facts.data_free {
+        Some(free) if free >= need_bytes => item(
+            "storage",
+            Verdict::Ok,
+            format!(
+                "{} free on /data ({} needed)",
+                human(free),
+                human(need_bytes)
+            ),
+            None,
+        ),
+        Some(free) => item(
+            "storage",
+            Verdict::Fail,
+            format!(
+                "not enough space on /data: {} free, {} needed",
+                human(free),
+                human(need_bytes)
+            ),
+            Some("free space on the phone (or lower k3s.data_image.size_mib in the topology)"),
+        ),
+        None => item(
+            "storage",
+            Verdict::Warn,
+            "free space on /data unknown".into(),
+            None,
+        ),
+    }
+
+    match (facts.battery_percent, facts.battery_status.as_deref()) {
+        (Some(p), Some(s)) if p < 20 && s == "Discharging" => item(
+            "battery",
+            Verdict::Warn,
+            format!("{p}%, {s}"),
+            Some("plug the phone in: a worker lives on its charger"),
+        ),
+        (Some(p), s) => item(
+            "battery",
+            Verdict::Ok,
+            format!("{p}%{}", s.map(|s| format!(", {s}")).unwrap_or_default()),
+            None,
+        ),
+        _ => item(
+            "battery",
+            Verdict::Ok,
+            "no battery information".into(),
+            None,
+        ),
+    }
+
+    let overall = items.iter().map(|i| i.verdict).max().unwrap_or(Verdict::Ok);
+    Report {
+        serial: facts.serial.clone(),
+        model: facts.model.clone(),
+        overall,
+        items,
+        kernel_missing_required: kernel_missing.required,
+        kernel_missing_optional: kernel_missing.optional,
+    }
+}
+
+/// Bytes for people.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> Facts {
+        Facts {
+            serial: "S1".into(),
+            model: Some("Pixel".into()),
+            android: Some("14".into()),
+            sdk: Some(34),
+            abi: Some("arm64-v8a".into()),
+            machine: "aarch64".into(),
+            kernel_release: "6.1.0".into(),
+            root: Root::Granted("Magisk 27.0".into()),
+            selinux: Some("Enforcing".into()),
+            config_gz: Ok(vec![1]),
+            cgroup_mounts: vec![("/sys/fs/cgroup".into(), "cgroup2".into(), "rw".into())],
+            data_free: Some(10 << 30),
+            battery_percent: Some(80),
+            battery_status: Some("Charging".into()),
+        }
+    }
+
+    fn all_there(_: &[u8]) -> Result<KernelMissing, String> {
+        Ok(KernelMissing::default())
+    }
+    fn gki(_: &[u8]) -> Result<KernelMissing, String> {
+        Ok(KernelMissing {
+            required: vec!["CONFIG_PID_NS".into(), "CONFIG_IPC_NS".into()],
+            optional: vec!["CONFIG_VXLAN".into()],
+        })
+    }
+
+    #[test]
+    fn good_phone_passes() {
+        let r = assess(&facts(), DEFAULT_NEED_BYTES, all_there);
+        assert_eq!(r.overall, Verdict::Ok, "{r:?}");
+    }
+
+    #[test]
+    fn armv7_fails_with_reason() {
+        let mut f = facts();
+        f.machine = "armv7l".into();
+        f.abi = Some("armeabi-v7a".into());
+        let r = assess(&f, DEFAULT_NEED_BYTES, all_there);
+        assert_eq!(r.overall, Verdict::Fail);
+        let arch = r.items.iter().find(|i| i.name == "arch").unwrap();
+        assert!(arch.detail.contains("armv7"), "{arch:?}");
+        assert!(arch.fix.as_ref().unwrap().contains("aarch64"));
+    }
+
+    #[test]
+    fn gki_kernel_lists_missing_options() {
+        let r = assess(&facts(), DEFAULT_NEED_BYTES, gki);
+        let k = r.items.iter().find(|i| i.name == "kernel").unwrap();
+        assert_eq!(k.verdict, Verdict::Fail);
+        assert!(k.detail.contains("CONFIG_PID_NS CONFIG_IPC_NS"), "{k:?}");
+    }
+
+    #[test]
+    fn small_data_partition_fails() {
+        let mut f = facts();
+        f.data_free = Some(100 << 20);
+        let r = assess(&f, DEFAULT_NEED_BYTES, all_there);
+        let s = r.items.iter().find(|i| i.name == "storage").unwrap();
+        assert_eq!(s.verdict, Verdict::Fail);
+        assert!(s.detail.contains("100.0 MiB free"), "{s:?}");
+    }
+
+    #[test]
+    fn getprop_dump_parses() {
+        let p = parse_getprop("[ro.build.version.sdk]: [34]\n[ro.product.model]: [Pixel 7]\n");
+        assert_eq!(p["ro.product.model"], "Pixel 7");
+    }
+}

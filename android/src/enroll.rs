@@ -1,0 +1,656 @@
+//! Enrolment and the worker's lifecycle on a phone: enroll, status, start/stop, logs, unenroll.
+//!
+//! Every write compares hashes first, so a re-enroll with nothing changed sends almost nothing.
+//! Root work goes through `su -c`: adbd runs as the shell user, which can write only to
+//! /data/local/tmp. Secrets and file contents are fed through the stdin of `su -c 'cat > F.new'`
+//! and renamed into place, so the token never appears on a command line and a cut connection
+//! leaves only a `.new` file, never a truncated real one. The rootfs is streamed into
+//! `node-runtime unpack --sha256`, which swaps it in only after the whole archive arrived and
+//! matched its hash: a cable pulled mid-push leaves the old rootfs in place.
+
+use crate::adb::{AdbDevice, AdbError};
+use crate::device::{Device, ShellOutput, as_root, sh_quote};
+use crate::doctor::{self, KernelChecker, Report, Verdict};
+use crate::layout;
+use bootstrap::NodeConfig;
+use bootstrap::exit::ExitClass;
+use bootstrap::node_config::Chroot;
+use bootstrap::progress::{Event, Progress};
+use node_runtime::status::{AgentState, Status};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Why a phone operation failed. Each message names the phone and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum PhoneError {
+    /// ADB failed (no server, no phone, unauthorized, connection lost...).
+    #[error(transparent)]
+    Adb(#[from] AdbError),
+    /// The preflight found a blocker.
+    #[error("phone {serial}: {first}{more}")]
+    NotReady {
+        /// The phone.
+        serial: String,
+        /// The first failing item, with its fix.
+        first: String,
+        /// " (and N more: run `phonectl doctor -s SERIAL`)" or empty.
+        more: String,
+        /// The full report.
+        report: Box<Report>,
+    },
+    /// A remote command failed.
+    #[error("phone {serial}: {what} failed: {message}{hint}")]
+    Remote {
+        /// The phone.
+        serial: String,
+        /// What was being done.
+        what: String,
+        /// The command's last error line.
+        message: String,
+        /// What to do.
+        hint: String,
+    },
+    /// A local file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Local {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The agent did not come up.
+    #[error(
+        "phone {serial}: the k3s agent is not running {secs} s after start (node-runtime says: {state}): see `phonectl logs -s {serial}`"
+    )]
+    NotRunning {
+        /// The phone.
+        serial: String,
+        /// How long we waited.
+        secs: u64,
+        /// The last state seen.
+        state: String,
+    },
+    /// The phone carries no armfleet worker.
+    #[error("phone {serial} is not enrolled: run `phonectl enroll -s {serial}` first")]
+    NotEnrolled {
+        /// The phone.
+        serial: String,
+    },
+    /// Something is still mounted under /data/armfleet; removing it would reach through the mount.
+    #[error(
+        "phone {serial}: still mounted under {base}: {mounts}: reboot the phone and run unenroll again"
+    )]
+    StillMounted {
+        /// The phone.
+        serial: String,
+        /// The base directory.
+        base: &'static str,
+        /// The mount points.
+        mounts: String,
+    },
+}
+
+impl PhoneError {
+    /// The exit class for this error.
+    pub fn exit_class(&self) -> ExitClass {
+        match self {
+            PhoneError::Adb(AdbError::SeveralDevices { .. } | AdbError::UnknownSerial { .. }) => {
+                ExitClass::Usage
+            }
+            PhoneError::Local { .. } => ExitClass::Usage,
+            PhoneError::Adb(AdbError::Protocol { .. }) => ExitClass::Internal,
+            _ => ExitClass::Device,
+        }
+    }
+}
+
+/// What to put on the phone.
+pub struct EnrollSpec<'a> {
+    /// node.toml for this phone (its chroot and data image paths are set to the phone layout).
+    pub config: NodeConfig,
+    /// The k3s join token (written 0600, never on a command line).
+    pub token: &'a str,
+    /// The node rootfs tarball (`rootfs.tar.gz`).
+    pub rootfs: &'a Path,
+    /// Its sha256.
+    pub rootfs_sha256: String,
+    /// The static aarch64 node-runtime binary.
+    pub node_runtime: &'a Path,
+    /// Go on despite failing preflight verdicts.
+    pub force: bool,
+    /// How long to wait for the agent to run.
+    pub wait: Duration,
+    /// The kernel config checker.
+    pub kernel: KernelChecker,
+}
+
+/// What an enroll did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EnrollSummary {
+    /// The phone.
+    pub serial: String,
+    /// The node name.
+    pub node: String,
+    /// Steps that changed something on the phone.
+    pub changed: Vec<String>,
+    /// Steps skipped because the phone already had it.
+    pub unchanged: Vec<String>,
+    /// Bytes sent to the adb server for this phone.
+    pub bytes_sent: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Doctor warnings (and failures overridden by --force).
+    pub warnings: Vec<String>,
+}
+
+/// Runs `cmd` as root and fails with a message naming `what` when it exits non-zero.
+pub fn root_ok(dev: &dyn Device, cmd: &str, what: &str) -> Result<ShellOutput, PhoneError> {
+    let out = dev.shell(&as_root(cmd))?;
+    if !out.success() {
+        return Err(remote(dev, what, &out, ""));
+    }
+    Ok(out)
+}
+
+fn remote(dev: &dyn Device, what: &str, out: &ShellOutput, hint: &str) -> PhoneError {
+    PhoneError::Remote {
+        serial: dev.serial().to_owned(),
+        what: what.to_owned(),
+        message: out.err_line(),
+        hint: hint.to_owned(),
+    }
+}
+
+/// Writes `content` to `path` as root with `mode`, through stdin and an atomic rename.
+pub fn write_root_file(
+    dev: &dyn Device,
+    path: &str,
+    mode: &str,
+    content: &[u8],
+) -> Result<(), PhoneError> {
+    let dir = Path::new(path)
+        .parent()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "/".into());
+    let tmp = format!("{path}.new");
+    let cmd = format!(
+        "umask 077 && mkdir -p {d} && cat > {t} && chmod {mode} {t} && mv -f {t} {p}",
+        d = sh_quote(&dir),
+        t = sh_quote(&tmp),
+        p = sh_quote(path)
+    );
+    let out = dev.exec(&as_root(&cmd), Some(&mut &content[..]), &mut |_| {})?;
+    if !out.success() {
+        return Err(remote(dev, &format!("writing {path}"), &out, ""));
+    }
+    Ok(())
+}
+
+/// sha256 hex of bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// sha256 hex of a local file.
+pub fn sha256_file(path: &Path) -> Result<String, PhoneError> {
+    let local = |source| PhoneError::Local {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(local)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(local)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// The sha256 of each existing file among `paths` on the phone (root), by path.
+pub fn remote_hashes(
+    dev: &dyn Device,
+    paths: &[&str],
+) -> Result<BTreeMap<String, String>, PhoneError> {
+    let list: Vec<String> = paths.iter().map(|p| sh_quote(p)).collect();
+    // sha256sum exits non-zero when some file is missing; the lines it did print are what exists.
+    let out = dev.shell(&as_root(&format!(
+        "sha256sum {} 2>/dev/null",
+        list.join(" ")
+    )))?;
+    let mut map = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some((hash, path)) = line.split_once(char::is_whitespace) {
+            let path = path.trim_start().trim_start_matches('*');
+            if bootstrap::node_config::is_sha256_hex(hash) {
+                map.insert(path.to_owned(), hash.to_owned());
+            }
+        }
+    }
+    Ok(map)
+}
+
+/// Puts the phone layout into a node.toml made from the topology.
+pub fn phone_config(mut config: NodeConfig) -> NodeConfig {
+    let hostname = config.chroot.as_ref().and_then(|c| c.hostname.clone());
+    config.chroot = Some(Chroot {
+        root: layout::ROOTFS.into(),
+        hostname,
+    });
+    if let Some(img) = &mut config.k3s.data_image {
+        img.path = layout::DATA_IMAGE.into();
+    }
+    config
+}
+
+/// The root command that prints `node-runtime status --json`.
+fn status_cmd() -> String {
+    as_root(&format!(
+        "{} status --json --config {}",
+        layout::BIN,
+        layout::CONFIG
+    ))
+}
+
+/// Reads node-runtime's status record, None when there is none (never started, or not enrolled).
+pub fn read_status(dev: &dyn Device) -> Result<Option<Status>, PhoneError> {
+    let out = dev.shell(&status_cmd())?;
+    Ok(serde_json::from_slice::<Status>(&out.stdout).ok())
+}
+
+/// True when the phone carries node-runtime and its config.
+pub fn is_enrolled(dev: &dyn Device) -> Result<bool, PhoneError> {
+    let h = remote_hashes(dev, &[layout::BIN, layout::CONFIG])?;
+    Ok(h.len() == 2)
+}
+
+fn step(progress: &dyn Progress, name: &str, total: Option<u64>) {
+    progress.event(Event::StepStarted {
+        step: name.to_owned(),
+        total,
+    });
+}
+fn done(progress: &dyn Progress, name: &str, detail: String) {
+    progress.event(Event::StepFinished {
+        step: name.to_owned(),
+        detail,
+    });
+}
+fn skip(progress: &dyn Progress, name: &str, reason: &str) {
+    progress.event(Event::StepSkipped {
+        step: name.to_owned(),
+        reason: reason.to_owned(),
+    });
+}
+
+/// Enrolls the phone: preflight, then each piece only when it differs, then start and wait.
+pub fn enroll(
+    dev: &AdbDevice,
+    spec: &EnrollSpec,
+    progress: &dyn Progress,
+) -> Result<EnrollSummary, PhoneError> {
+    let started = Instant::now();
+    let sent0 = dev.bytes_sent();
+    let serial = dev.serial().to_owned();
+    let config = phone_config(spec.config.clone());
+    let config_text = config.to_toml_string();
+    let token_path = config
+        .host_path(&config.server.token_file)
+        .display()
+        .to_string();
+    let module_prop = layout::module_prop();
+    let prop_path = format!("{}/module.prop", layout::MODULE_DIR);
+    let service_path = format!("{}/service.sh", layout::MODULE_DIR);
+    let mut changed = Vec::new();
+    let mut unchanged = Vec::new();
+
+    // What is there already (read-only): decides the space needed and what to send.
+    step(progress, "inspect", None);
+    let facts = doctor::probe(dev)?;
+    let rooted = matches!(facts.root, doctor::Root::Granted(_));
+    let have = if rooted {
+        remote_hashes(
+            dev,
+            &[
+                layout::BIN,
+                layout::CONFIG,
+                layout::ROOTFS_SHA,
+                &token_path,
+                &prop_path,
+                &service_path,
+                layout::DISABLED,
+            ],
+        )?
+    } else {
+        BTreeMap::new()
+    };
+    let same = |path: &str, want: &str| have.get(path).map(String::as_str) == Some(want);
+    let rootfs_marker = format!("{}\n", spec.rootfs_sha256);
+    let rootfs_current = same(layout::ROOTFS_SHA, &sha256_hex(rootfs_marker.as_bytes()));
+    let rootfs_size = std::fs::metadata(spec.rootfs)
+        .map_err(|source| PhoneError::Local {
+            path: spec.rootfs.to_owned(),
+            source,
+        })?
+        .len();
+    let image_bytes = config
+        .k3s
+        .data_image
+        .as_ref()
+        .map(|i| i.size_mib << 20)
+        .unwrap_or(0);
+    // A rootfs expands to about 3x its gzip size; the old one stays until the new one is in.
+    let need = if rootfs_current { 0 } else { rootfs_size * 3 }
+        + if have.contains_key(layout::CONFIG) {
+            0
+        } else {
+            image_bytes
+        };
+    let report = doctor::assess(&facts, need, spec.kernel);
+    done(progress, "inspect", format!("doctor: {}", report.overall));
+    let warnings: Vec<String> = report
+        .items
+        .iter()
+        .filter(|i| i.verdict != Verdict::Ok)
+        .map(|i| format!("{}: {}", i.name, i.detail))
+        .collect();
+    let blockers: Vec<_> = report.failures().collect();
+    // No root cannot be forced: nothing below can be done without it.
+    let root_blocks = !rooted;
+    if !blockers.is_empty() && (!spec.force || root_blocks) {
+        let pick = if root_blocks {
+            report.items.iter().find(|i| i.name == "root").unwrap()
+        } else {
+            blockers[0]
+        };
+        let first = match &pick.fix {
+            Some(fix) => format!("{}: {}", pick.detail, fix),
+            None => pick.detail.clone(),
+        };
+        let more = if blockers.len() > 1 {
+            format!(
+                " (and {} more: run `phonectl doctor -s {serial}`; --force skips the check)",
+                blockers.len() - 1
+            )
+        } else {
+            String::new()
+        };
+        return Err(PhoneError::NotReady {
+            serial,
+            first,
+            more,
+            report: Box::new(report),
+        });
+    }
+    if !blockers.is_empty() {
+        progress.event(Event::Note(format!(
+            "{serial}: --force: going on despite: {}",
+            warnings.join("; ")
+        )));
+    }
+
+    // node-runtime: pushed where the shell user may write, then moved into place as root.
+    let nr_hash = sha256_file(spec.node_runtime)?;
+    if same(layout::BIN, &nr_hash) {
+        skip(progress, "node-runtime", "unchanged (sha256 matches)");
+        unchanged.push("node-runtime".to_owned());
+    } else {
+        let size = std::fs::metadata(spec.node_runtime).map(|m| m.len()).ok();
+        step(progress, "node-runtime", size);
+        let mut f = std::fs::File::open(spec.node_runtime).map_err(|source| PhoneError::Local {
+            path: spec.node_runtime.to_owned(),
+            source,
+        })?;
+        let sent = dev.push(&mut f, layout::STAGING_BIN, 0o755, &mut |n| {
+            progress.event(Event::Bytes {
+                step: "node-runtime".into(),
+                done: n,
+            })
+        })?;
+        let bin_dir = Path::new(layout::BIN)
+            .parent()
+            .unwrap()
+            .display()
+            .to_string();
+        root_ok(
+            dev,
+            &format!(
+                "mkdir -p {d} && cp {s} {b}.new && chmod 0755 {b}.new && mv -f {b}.new {b} && rm -f {s}",
+                d = bin_dir,
+                s = layout::STAGING_BIN,
+                b = layout::BIN
+            ),
+            "installing node-runtime",
+        )?;
+        done(progress, "node-runtime", doctor::human(sent));
+        changed.push("node-runtime".to_owned());
+    }
+
+    // The rootfs: streamed straight into `node-runtime unpack`, swapped in only when complete.
+    let mut token_needed = !same(&token_path, &sha256_hex(spec.token.as_bytes()));
+    if rootfs_current {
+        skip(progress, "rootfs", "unchanged (sha256 matches)");
+        unchanged.push("rootfs".to_owned());
+    } else {
+        if have.contains_key(layout::CONFIG) {
+            // The worker runs from the old rootfs; stop it before swapping.
+            stop_worker(dev)?;
+        }
+        step(progress, "rootfs", Some(rootfs_size));
+        let mut f = std::fs::File::open(spec.rootfs).map_err(|source| PhoneError::Local {
+            path: spec.rootfs.to_owned(),
+            source,
+        })?;
+        let cmd = as_root(&format!(
+            "rm -f {m} && {b} unpack --dest {r} --sha256 {h}",
+            m = layout::ROOTFS_SHA,
+            b = layout::BIN,
+            r = layout::ROOTFS,
+            h = spec.rootfs_sha256
+        ));
+        let out = dev.exec(&cmd, Some(&mut f), &mut |n| {
+            progress.event(Event::Bytes {
+                step: "rootfs".into(),
+                done: n,
+            })
+        })?;
+        if !out.success() {
+            return Err(remote(
+                dev,
+                "installing the rootfs",
+                &out,
+                ": the previous rootfs (if any) is untouched; rerun enroll",
+            ));
+        }
+        write_root_file(dev, layout::ROOTFS_SHA, "0644", rootfs_marker.as_bytes())?;
+        done(progress, "rootfs", doctor::human(rootfs_size));
+        changed.push("rootfs".to_owned());
+        // A fresh rootfs has no token in it.
+        token_needed = true;
+    }
+
+    for (name, path, mode, content, need) in [
+        (
+            "config",
+            layout::CONFIG.to_owned(),
+            "0644",
+            config_text.as_bytes(),
+            !same(layout::CONFIG, &sha256_hex(config_text.as_bytes())),
+        ),
+        (
+            "token",
+            token_path.clone(),
+            "0600",
+            spec.token.as_bytes(),
+            token_needed,
+        ),
+        (
+            "boot hook",
+            prop_path.clone(),
+            "0644",
+            module_prop.as_bytes(),
+            !same(&prop_path, &sha256_hex(module_prop.as_bytes())),
+        ),
+        (
+            "boot hook",
+            service_path.clone(),
+            "0755",
+            layout::SERVICE_SH.as_bytes(),
+            !same(&service_path, &sha256_hex(layout::SERVICE_SH.as_bytes())),
+        ),
+    ] {
+        if need {
+            step(progress, name, None);
+            write_root_file(dev, &path, mode, content)?;
+            done(progress, name, path.clone());
+            if !changed.iter().any(|c| c == name) {
+                changed.push(name.to_owned());
+            }
+        } else {
+            skip(progress, name, "unchanged (sha256 matches)");
+            if !unchanged.iter().any(|c| c == name) && !changed.iter().any(|c| c == name) {
+                unchanged.push(name.to_owned());
+            }
+        }
+    }
+    // An owner's earlier `phonectl stop` is undone by enroll: the worker is meant to run.
+    if have.contains_key(layout::DISABLED) {
+        root_ok(
+            dev,
+            &format!("rm -f {}", layout::DISABLED),
+            "clearing the stopped flag",
+        )?;
+    }
+
+    step(progress, "start", None);
+    let status = read_status(dev)?;
+    let running = status
+        .as_ref()
+        .is_some_and(|s| s.state == AgentState::Running || s.state == AgentState::Preparing);
+    if changed.is_empty() && running {
+        skip(progress, "start", "already running");
+    } else {
+        if running {
+            stop_worker(dev)?;
+        }
+        start_worker(dev)?;
+        done(progress, "start", String::new());
+    }
+    step(progress, "wait", None);
+    wait_running(dev, spec.wait)?;
+    done(progress, "wait", "agent running".into());
+
+    Ok(EnrollSummary {
+        serial,
+        node: config.node.name.clone(),
+        changed,
+        unchanged,
+        bytes_sent: dev.bytes_sent() - sent0,
+        seconds: started.elapsed().as_secs_f64(),
+        warnings,
+    })
+}
+
+/// `node-runtime stop` (no error when it is not running).
+pub fn stop_worker(dev: &dyn Device) -> Result<(), PhoneError> {
+    let out = dev.shell(&as_root(&format!(
+        "{} stop --config {}",
+        layout::BIN,
+        layout::CONFIG
+    )))?;
+    if !out.success() {
+        // Distinguish "was not running" from a real failure by asking for the status again.
+        if let Some(s) = read_status(dev)?
+            && !matches!(s.state, AgentState::Stopped)
+            && s.pid != 0
+            && pid_alive_remote(dev, s.pid)?
+        {
+            return Err(remote(dev, "stopping the worker", &out, ""));
+        }
+    }
+    Ok(())
+}
+
+fn pid_alive_remote(dev: &dyn Device, pid: u32) -> Result<bool, PhoneError> {
+    Ok(dev.shell(&as_root(&format!("kill -0 {pid}")))?.success())
+}
+
+/// `node-runtime run --detach`.
+pub fn start_worker(dev: &dyn Device) -> Result<(), PhoneError> {
+    root_ok(
+        dev,
+        &format!("{} run --detach --config {}", layout::BIN, layout::CONFIG),
+        "starting node-runtime",
+    )?;
+    Ok(())
+}
+
+/// Polls `node-runtime status` until the agent runs, or fails after `wait`.
+pub fn wait_running(dev: &dyn Device, wait: Duration) -> Result<Status, PhoneError> {
+    let until = Instant::now() + wait;
+    let mut last = "no status yet".to_owned();
+    loop {
+        if let Some(s) = read_status(dev)? {
+            if s.state == AgentState::Running && s.agent_pid.is_some() {
+                return Ok(s);
+            }
+            last = format!(
+                "{:?}{}",
+                s.state,
+                s.message.map(|m| format!(", {m}")).unwrap_or_default()
+            )
+            .to_lowercase();
+        }
+        if Instant::now() >= until {
+            return Err(PhoneError::NotRunning {
+                serial: dev.serial().to_owned(),
+                secs: wait.as_secs(),
+                state: last,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Removes everything enroll put on the phone. Safe to rerun.
+pub fn unenroll(dev: &dyn Device, progress: &dyn Progress) -> Result<(), PhoneError> {
+    let serial = dev.serial().to_owned();
+    step(progress, "stop", None);
+    if remote_hashes(dev, &[layout::BIN])?.contains_key(layout::BIN) {
+        stop_worker(dev)?;
+    }
+    done(progress, "stop", String::new());
+    // rm -rf does not stop at mount points: refuse while anything is mounted below the base.
+    let mounts = root_ok(dev, "cat /proc/mounts", "reading mounts")?.out();
+    let below: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| *m == layout::BASE || m.starts_with(&format!("{}/", layout::BASE)))
+        .collect();
+    if !below.is_empty() {
+        return Err(PhoneError::StillMounted {
+            serial,
+            base: layout::BASE,
+            mounts: below.join(", "),
+        });
+    }
+    step(progress, "remove", None);
+    root_ok(
+        dev,
+        &format!(
+            "rm -rf {} {} {}",
+            layout::MODULE_DIR,
+            layout::BASE,
+            layout::STAGING_BIN
+        ),
+        "removing armfleet",
+    )?;
+    done(progress, "remove", String::new());
+    Ok(())
+}

@@ -1,0 +1,1282 @@
+//! `topology.toml`: the lab's one source of truth — the cluster, its VLANs, the Pis and the phones.
+//! `phonectl` and `imagegen` read it and turn an entry into the `node.toml` of that worker
+//! ([`NodeConfig::for_host`], [`NodeConfig::for_phone`]).
+//!
+//! With no file the tools use the embedded default (the lab this project was made for, see
+//! `bootstrap/topology/default.toml`); `--topology FILE` or `ARMFLEET_TOPOLOGY` choose another.
+//! Every error names the file, the line and the key.
+
+use crate::node_config::{
+    Chroot, DataImage, K3s, Logs, Network, Node, NodeConfig, NodeKind, Power, Server, Supervise,
+    is_dns_label, is_sha256_hex,
+};
+use crate::token::SecretSource;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use toml::Spanned;
+
+/// The embedded default topology (text).
+pub const DEFAULT_TOPOLOGY: &str = include_str!("../topology/default.toml");
+
+/// Environment variable naming a topology file when `--topology` is not given.
+pub const TOPOLOGY_ENV: &str = "ARMFLEET_TOPOLOGY";
+
+/// Boards armfleet can make an image for (profiles in `images/boards/`).
+pub const KNOWN_BOARDS: &[&str] = &["rpi4", "rpi3a"];
+
+/// Taint every phone carries: only workloads that tolerate phones land there.
+pub const PHONE_TAINT: &str = "armfleet.io/phone=true:NoSchedule";
+
+/// Where a Pi's token can be dropped on the FAT boot partition after flashing (node-runtime
+/// moves it to the 0600 token file at start).
+pub const PI_TOKEN_DROP: &str = "/boot/firmware/armfleet-token";
+
+/// The phone's on-device layout (see interfaces: B, C, E agree on it).
+pub const PHONE_ROOTFS: &str = "/data/armfleet/rootfs";
+/// The ext4 image holding the k3s data dir on a phone (f2fs breaks overlayfs).
+pub const PHONE_DATA_IMAGE: &str = "/data/armfleet/k3s-data.img";
+/// Default size of that image.
+pub const PHONE_DATA_IMAGE_MIB: u64 = 8192;
+
+/// Why a topology cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The file cannot be read.
+    #[error(
+        "cannot read the topology {path}: {source}: check the path given with --topology or {TOPOLOGY_ENV}"
+    )]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse, or a key is unknown or has the wrong type.
+    #[error("{origin}:{line}: {message}")]
+    Parse {
+        /// The file.
+        origin: String,
+        /// 1-based line.
+        line: usize,
+        /// toml's message, one line.
+        message: String,
+    },
+    /// A value parses but is wrong.
+    #[error("{origin}:{line}: key `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        origin: String,
+        /// 1-based line.
+        line: usize,
+        /// Dotted key, e.g. `host[1].address`.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// No host of that name.
+    #[error("{origin}: no host named {name:?}; the hosts are: {known}")]
+    UnknownHost {
+        /// The file.
+        origin: String,
+        /// The name asked for.
+        name: String,
+        /// The names there are.
+        known: String,
+    },
+    /// No phone of that name.
+    #[error(
+        "{origin}: no phone named {name:?} (phones: {known}); add a [[phone]] entry, or pass --name to enroll it with the cluster's defaults"
+    )]
+    UnknownPhone {
+        /// The file.
+        origin: String,
+        /// The name asked for.
+        name: String,
+        /// The names there are.
+        known: String,
+    },
+    /// The host is the k3s server, not a worker.
+    #[error(
+        "{origin}: host {name:?} is the k3s server (role = \"server\"); armfleet makes workers: pick an agent host"
+    )]
+    NotAWorker {
+        /// The file.
+        origin: String,
+        /// The host.
+        name: String,
+    },
+    /// A phone name that is not a valid node name.
+    #[error(
+        "{name:?} is not a valid node name: use lowercase letters, digits and '-', at most 63 characters (e.g. phone-2)"
+    )]
+    BadName {
+        /// The name given.
+        name: String,
+    },
+    /// The node.toml made from the topology does not validate (a bug or an odd topology).
+    #[error(transparent)]
+    Config(#[from] crate::node_config::ConfigError),
+}
+
+/// An IP subnet, `10.10.10.0/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subnet {
+    /// The network address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Subnet {
+    fn bits(ip: IpAddr) -> (u128, u8) {
+        match ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+            IpAddr::V6(v6) => (u128::from(v6), 128),
+        }
+    }
+
+    fn mask(&self) -> u128 {
+        let (_, width) = Self::bits(self.addr);
+        let host_bits = u32::from(width - self.prefix);
+        let all = if width == 32 {
+            u128::from(u32::MAX)
+        } else {
+            u128::MAX
+        };
+        if host_bits >= 128 {
+            0
+        } else {
+            all & !((1u128 << host_bits) - 1)
+        }
+    }
+
+    /// True when `ip` is in this subnet.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        if self.addr.is_ipv4() != ip.is_ipv4() {
+            return false;
+        }
+        let (a, _) = Self::bits(self.addr);
+        let (b, _) = Self::bits(ip);
+        a & self.mask() == b & self.mask()
+    }
+
+    /// True for the network and (IPv4) broadcast addresses, which a host cannot have.
+    pub fn is_reserved(&self, ip: IpAddr) -> bool {
+        let (b, width) = Self::bits(ip);
+        let host = b
+            & !self.mask()
+            & if width == 32 {
+                u128::from(u32::MAX)
+            } else {
+                u128::MAX
+            };
+        let host_max = !self.mask()
+            & if width == 32 {
+                u128::from(u32::MAX)
+            } else {
+                u128::MAX
+            };
+        self.prefix < width - 1 && (host == 0 || (width == 32 && host == host_max))
+    }
+}
+
+impl FromStr for Subnet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Subnet, String> {
+        let (ip, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} has no prefix length (write it like 10.10.10.0/24)"))?;
+        let addr: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IP address"))?;
+        let width = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= width)
+            .ok_or_else(|| format!("{prefix:?} is not a prefix length (0-{width})"))?;
+        let subnet = Subnet { addr, prefix };
+        let (a, _) = Subnet::bits(addr);
+        if a & subnet.mask() != a {
+            return Err(format!(
+                "{s} has host bits set: the network address is not {ip}"
+            ));
+        }
+        Ok(subnet)
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// A host's or phone's address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Address {
+    /// Assigned by DHCP.
+    Dhcp,
+    /// Static, in the VLAN's subnet (the prefix is the subnet's).
+    Static(IpAddr),
+}
+
+/// The k3s release workers run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct K3sPin {
+    /// e.g. `v1.36.4+k3s1`.
+    pub version: Option<String>,
+    /// sha256 of the arm64 binary.
+    pub sha256: Option<String>,
+    /// Where to fetch it (upstream release URL).
+    pub url: Option<String>,
+}
+
+/// The cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// A name for the lab.
+    pub name: String,
+    /// `https://host:6443`.
+    pub server: String,
+    /// The k3s pin.
+    pub k3s: K3sPin,
+    /// A mirror serving the artifacts (the k3s binary under its upstream file name), e.g. on the
+    /// router; workers fetch from it instead of upstream.
+    pub mirror: Option<String>,
+    /// Where the join token comes from.
+    pub token: SecretSource,
+    /// DNS search domains.
+    pub search: Vec<String>,
+    /// Wi-Fi regulatory domain.
+    pub wifi_country: String,
+    /// The VLAN of phones that have no entry.
+    pub phone_vlan: String,
+}
+
+/// A VLAN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vlan {
+    /// `INFRA`.
+    pub name: String,
+    /// 802.1Q id.
+    pub id: u16,
+    /// Its subnet.
+    pub subnet: Subnet,
+    /// Default gateway.
+    pub gateway: Option<IpAddr>,
+    /// Name servers.
+    pub dns: Vec<IpAddr>,
+}
+
+/// What a host does in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The k3s server.
+    Server,
+    /// A k3s agent (worker).
+    Agent,
+}
+
+/// How a host is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Link {
+    /// Wired.
+    Ethernet,
+    /// Wi-Fi.
+    Wifi,
+}
+
+/// A Wi-Fi network a host joins.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wifi {
+    /// SSID.
+    pub ssid: String,
+    /// Where the passphrase comes from (none: open network).
+    #[serde(default)]
+    pub passphrase: Option<SecretSource>,
+}
+
+/// A Raspberry Pi.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// Hostname and node name.
+    pub name: String,
+    /// Board profile (`rpi4`, `rpi3a`).
+    pub board: String,
+    /// Server or agent.
+    pub role: Role,
+    /// Ethernet or Wi-Fi.
+    pub link: Link,
+    /// VLAN name.
+    pub vlan: String,
+    /// Whether its Ethernet port carries the VLAN tagged (a trunk) rather than untagged.
+    pub tagged: bool,
+    /// Its address.
+    pub address: Address,
+    /// SSH public keys for root.
+    pub ssh_keys: Vec<String>,
+    /// Wi-Fi, for `link = "wifi"`.
+    pub wifi: Option<Wifi>,
+    /// Extra node labels.
+    pub labels: BTreeMap<String, String>,
+    /// Extra node taints.
+    pub taints: Vec<String>,
+}
+
+impl Host {
+    /// The interface carrying the node's address: `eth0`, `eth0.10` (tagged) or `wlan0`.
+    pub fn iface(&self, vlan_id: u16) -> String {
+        match (self.link, self.tagged) {
+            (Link::Wifi, _) => "wlan0".into(),
+            (Link::Ethernet, true) => format!("eth0.{vlan_id}"),
+            (Link::Ethernet, false) => "eth0".into(),
+        }
+    }
+}
+
+/// A phone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phone {
+    /// Node name.
+    pub name: String,
+    /// ADB serial, when known.
+    pub serial: Option<String>,
+    /// VLAN name (of the Wi-Fi network it is on).
+    pub vlan: String,
+    /// Its address on that network.
+    pub address: Address,
+    /// The interface k3s uses (`wlan0`).
+    pub iface: String,
+    /// Extra labels.
+    pub labels: BTreeMap<String, String>,
+    /// Extra taints (the phone taint is always added).
+    pub taints: Vec<String>,
+    /// Battery care.
+    pub power: Power,
+    /// Size of the k3s data image.
+    pub data_image_mib: u64,
+}
+
+/// The lab.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    /// The file it came from (or `<embedded default topology>`).
+    pub origin: String,
+    /// Folder relative paths in it (token files) are taken from.
+    pub base_dir: PathBuf,
+    /// The cluster.
+    pub cluster: Cluster,
+    /// The VLANs.
+    pub vlans: Vec<Vlan>,
+    hosts: Vec<Host>,
+    phones: Vec<Phone>,
+}
+
+// ---- raw (spanned) form ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTopology {
+    cluster: RawCluster,
+    #[serde(default)]
+    vlan: Vec<RawVlan>,
+    #[serde(default)]
+    host: Vec<RawHost>,
+    #[serde(default)]
+    phone: Vec<RawPhone>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    #[serde(default)]
+    name: Option<String>,
+    server: Spanned<String>,
+    #[serde(default)]
+    search: Vec<String>,
+    #[serde(default)]
+    wifi_country: Option<Spanned<String>>,
+    #[serde(default)]
+    phone_vlan: Option<Spanned<String>>,
+    #[serde(default)]
+    token: Option<SecretSource>,
+    #[serde(default)]
+    mirror: Option<Spanned<String>>,
+    #[serde(default)]
+    k3s: Option<RawK3s>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawK3s {
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    sha256: Option<Spanned<String>>,
+    #[serde(default)]
+    url: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVlan {
+    name: Spanned<String>,
+    id: Spanned<u16>,
+    subnet: Spanned<String>,
+    #[serde(default)]
+    gateway: Option<Spanned<String>>,
+    #[serde(default)]
+    dns: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    name: Spanned<String>,
+    board: Spanned<String>,
+    role: Role,
+    link: Spanned<Link>,
+    vlan: Spanned<String>,
+    #[serde(default)]
+    tagged: bool,
+    address: Spanned<String>,
+    #[serde(default)]
+    ssh_keys: Vec<String>,
+    #[serde(default)]
+    wifi: Option<Spanned<RawWifi>>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    taints: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWifi {
+    #[serde(default)]
+    ssid: Option<Spanned<String>>,
+    #[serde(default)]
+    passphrase: Option<SecretSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPhone {
+    name: Spanned<String>,
+    #[serde(default)]
+    serial: Option<Spanned<String>>,
+    #[serde(default)]
+    vlan: Option<Spanned<String>>,
+    #[serde(default)]
+    address: Option<Spanned<String>>,
+    #[serde(default)]
+    iface: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    taints: Vec<String>,
+    #[serde(default)]
+    power: Option<Power>,
+    #[serde(default)]
+    data_image_mib: Option<u64>,
+}
+
+struct Ctx<'a> {
+    origin: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+    fn bad(&self, span: std::ops::Range<usize>, key: String, message: String) -> TopologyError {
+        TopologyError::Invalid {
+            origin: self.origin.to_owned(),
+            line: self.line(span.start),
+            key,
+            message,
+        }
+    }
+}
+
+fn parse_address(
+    ctx: &Ctx<'_>,
+    raw: &Spanned<String>,
+    key: &str,
+    vlan: &Vlan,
+) -> Result<Address, TopologyError> {
+    let text = raw.get_ref().trim();
+    if text.eq_ignore_ascii_case("dhcp") {
+        return Ok(Address::Dhcp);
+    }
+    let ip: IpAddr = text.parse().map_err(|_| {
+        ctx.bad(
+            raw.span(),
+            key.to_owned(),
+            format!("{text:?} is neither \"dhcp\" nor an IP address (write it without /prefix: the VLAN's subnet gives it)"),
+        )
+    })?;
+    if !vlan.subnet.contains(ip) {
+        return Err(ctx.bad(
+            raw.span(),
+            key.to_owned(),
+            format!(
+                "{ip} is outside VLAN {} ({}): pick an address in {} or change the VLAN",
+                vlan.name, vlan.subnet, vlan.subnet
+            ),
+        ));
+    }
+    if vlan.subnet.is_reserved(ip) {
+        return Err(ctx.bad(
+            raw.span(),
+            key.to_owned(),
+            format!(
+                "{ip} is the network or broadcast address of {}: pick a host address",
+                vlan.subnet
+            ),
+        ));
+    }
+    Ok(Address::Static(ip))
+}
+
+impl Topology {
+    /// The embedded default lab.
+    pub fn embedded_default() -> Topology {
+        Topology::from_toml_str(
+            DEFAULT_TOPOLOGY,
+            "<embedded default topology>",
+            Path::new("."),
+        )
+        .expect("the embedded default topology validates")
+    }
+
+    /// Reads and validates a topology file.
+    pub fn load(path: &Path) -> Result<Topology, TopologyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TopologyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Topology::from_toml_str(&text, &path.display().to_string(), base)
+    }
+
+    /// The topology the tools use: the `--topology` file, else `$ARMFLEET_TOPOLOGY`, else the
+    /// embedded default.
+    pub fn resolve(cli: Option<&Path>) -> Result<Topology, TopologyError> {
+        if let Some(p) = cli {
+            return Topology::load(p);
+        }
+        match std::env::var_os(TOPOLOGY_ENV) {
+            Some(p) if !p.is_empty() => Topology::load(Path::new(&p)),
+            _ => Ok(Topology::embedded_default()),
+        }
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors, `base_dir` anchors relative
+    /// paths.
+    pub fn from_toml_str(
+        text: &str,
+        origin: &str,
+        base_dir: &Path,
+    ) -> Result<Topology, TopologyError> {
+        let ctx = Ctx { origin, text };
+        let raw: RawTopology = toml::from_str(text).map_err(|e| TopologyError::Parse {
+            origin: origin.to_owned(),
+            line: e.span().map(|s| ctx.line(s.start)).unwrap_or(1),
+            message: e.message().trim().replace('\n', " "),
+        })?;
+
+        // Cluster.
+        let rc = &raw.cluster;
+        let server = rc.server.get_ref().trim_end_matches('/').to_owned();
+        let host_part = server.strip_prefix("https://").unwrap_or("");
+        if host_part.is_empty() || host_part.contains(['/', ' ']) {
+            return Err(ctx.bad(
+                rc.server.span(),
+                "cluster.server".into(),
+                format!(
+                    "{server:?} is not an https:// URL of the k3s server (e.g. https://10.10.10.1:6443); k3s agents only join over https"
+                ),
+            ));
+        }
+        let mut k3s = K3sPin {
+            version: None,
+            sha256: None,
+            url: None,
+        };
+        if let Some(rk) = &rc.k3s {
+            k3s.version = rk.version.clone();
+            if let Some(sha) = &rk.sha256 {
+                let s = sha.get_ref().to_ascii_lowercase();
+                if !is_sha256_hex(&s) {
+                    return Err(ctx.bad(
+                        sha.span(),
+                        "cluster.k3s.sha256".into(),
+                        "is not 64 hex digits: copy the k3s-arm64 line of the release's sha256sum-arm64.txt".into(),
+                    ));
+                }
+                k3s.sha256 = Some(s);
+            }
+            if let Some(url) = &rk.url {
+                if !(url.get_ref().starts_with("https://") || url.get_ref().starts_with("http://"))
+                {
+                    return Err(ctx.bad(
+                        url.span(),
+                        "cluster.k3s.url".into(),
+                        format!("{:?} is not an http(s) URL", url.get_ref()),
+                    ));
+                }
+                k3s.url = Some(url.get_ref().clone());
+            }
+        }
+        let mirror = match &rc.mirror {
+            Some(m)
+                if !(m.get_ref().starts_with("http://") || m.get_ref().starts_with("https://")) =>
+            {
+                return Err(ctx.bad(
+                    m.span(),
+                    "cluster.mirror".into(),
+                    format!("{:?} is not an http(s) URL", m.get_ref()),
+                ));
+            }
+            Some(m) => Some(m.get_ref().trim_end_matches('/').to_owned()),
+            None => None,
+        };
+        let wifi_country = match &rc.wifi_country {
+            Some(c) => {
+                let v = c.get_ref();
+                if v.len() != 2 || !v.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(ctx.bad(
+                        c.span(),
+                        "cluster.wifi_country".into(),
+                        format!("{v:?} is not a two-letter ISO 3166 code such as FR"),
+                    ));
+                }
+                v.clone()
+            }
+            None => "US".into(),
+        };
+
+        // VLANs.
+        let mut vlans: Vec<Vlan> = Vec::new();
+        for (i, rv) in raw.vlan.iter().enumerate() {
+            let key = |k: &str| format!("vlan[{i}].{k}");
+            let name = rv.name.get_ref().clone();
+            if let Some(other) = vlans.iter().find(|v| v.name == name) {
+                return Err(ctx.bad(
+                    rv.name.span(),
+                    key("name"),
+                    format!("VLAN {:?} is defined twice: rename one", other.name),
+                ));
+            }
+            let id = *rv.id.get_ref();
+            if !(1..=4094).contains(&id) {
+                return Err(ctx.bad(rv.id.span(), key("id"), format!("{id} is outside 1-4094")));
+            }
+            if let Some(other) = vlans.iter().find(|v| v.id == id) {
+                return Err(ctx.bad(
+                    rv.id.span(),
+                    key("id"),
+                    format!("id {id} is already VLAN {}", other.name),
+                ));
+            }
+            let subnet: Subnet = rv
+                .subnet
+                .get_ref()
+                .parse()
+                .map_err(|m| ctx.bad(rv.subnet.span(), key("subnet"), m))?;
+            if let Some(other) = vlans
+                .iter()
+                .find(|v| v.subnet.contains(subnet.addr) || subnet.contains(v.subnet.addr))
+            {
+                return Err(ctx.bad(
+                    rv.subnet.span(),
+                    key("subnet"),
+                    format!("{subnet} overlaps VLAN {} ({})", other.name, other.subnet),
+                ));
+            }
+            let gateway = match &rv.gateway {
+                Some(g) => {
+                    let ip: IpAddr = g.get_ref().parse().map_err(|_| {
+                        ctx.bad(
+                            g.span(),
+                            key("gateway"),
+                            format!("{:?} is not an IP address", g.get_ref()),
+                        )
+                    })?;
+                    if !subnet.contains(ip) {
+                        return Err(ctx.bad(
+                            g.span(),
+                            key("gateway"),
+                            format!("{ip} is outside the VLAN's subnet {subnet}"),
+                        ));
+                    }
+                    Some(ip)
+                }
+                None => None,
+            };
+            let mut dns = Vec::new();
+            for (j, d) in rv.dns.iter().enumerate() {
+                dns.push(d.get_ref().parse().map_err(|_| {
+                    ctx.bad(
+                        d.span(),
+                        format!("vlan[{i}].dns[{j}]"),
+                        format!("{:?} is not an IP address", d.get_ref()),
+                    )
+                })?);
+            }
+            vlans.push(Vlan {
+                name,
+                id,
+                subnet,
+                gateway,
+                dns,
+            });
+        }
+        let find_vlan = |raw: &Spanned<String>, key: String| -> Result<Vlan, TopologyError> {
+            vlans
+                .iter()
+                .find(|v| v.name == *raw.get_ref())
+                .cloned()
+                .ok_or_else(|| {
+                    ctx.bad(
+                        raw.span(),
+                        key,
+                        format!(
+                            "no VLAN named {:?}; the VLANs are: {}",
+                            raw.get_ref(),
+                            vlans
+                                .iter()
+                                .map(|v| v.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })
+        };
+        let phone_vlan = match &rc.phone_vlan {
+            Some(pv) => find_vlan(pv, "cluster.phone_vlan".into())?.name,
+            None => vlans.first().map(|v| v.name.clone()).unwrap_or_default(),
+        };
+
+        // Names and addresses must be unique across hosts and phones.
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut addresses: HashMap<IpAddr, String> = HashMap::new();
+        let mut check_name = |raw: &Spanned<String>,
+                              key: String|
+         -> Result<String, TopologyError> {
+            let name = raw.get_ref().clone();
+            if !is_dns_label(&name) {
+                return Err(ctx.bad(
+                    raw.span(),
+                    key,
+                    format!("{name:?} is not a valid node name: use lowercase letters, digits and '-', at most 63 characters"),
+                ));
+            }
+            if let Some(line) = names.get(&name) {
+                return Err(ctx.bad(
+                    raw.span(),
+                    key,
+                    format!(
+                        "the name {name:?} is already used on line {line}: names must be unique"
+                    ),
+                ));
+            }
+            names.insert(name.clone(), ctx.line(raw.span().start));
+            Ok(name)
+        };
+        let mut check_addr = |raw: &Spanned<String>,
+                              key: String,
+                              owner: &str,
+                              a: Address|
+         -> Result<(), TopologyError> {
+            if let Address::Static(ip) = a {
+                if let Some(other) = addresses.get(&ip) {
+                    return Err(ctx.bad(
+                        raw.span(),
+                        key,
+                        format!("{ip} is already the address of {other}: addresses must be unique"),
+                    ));
+                }
+                addresses.insert(ip, owner.to_owned());
+            }
+            Ok(())
+        };
+
+        let mut hosts = Vec::new();
+        let mut server_seen: Option<String> = None;
+        for (i, rh) in raw.host.iter().enumerate() {
+            let key = |k: &str| format!("host[{i}].{k}");
+            let name = check_name(&rh.name, key("name"))?;
+            let board = rh.board.get_ref().clone();
+            if !KNOWN_BOARDS.contains(&board.as_str()) {
+                return Err(ctx.bad(
+                    rh.board.span(),
+                    key("board"),
+                    format!(
+                        "unknown board {board:?}: use one of {}",
+                        KNOWN_BOARDS.join(", ")
+                    ),
+                ));
+            }
+            if rh.role == Role::Server {
+                if let Some(first) = &server_seen {
+                    return Err(ctx.bad(
+                        rh.name.span(),
+                        key("role"),
+                        format!("{first} is already the server: one k3s server per topology"),
+                    ));
+                }
+                server_seen = Some(name.clone());
+            }
+            let vlan = find_vlan(&rh.vlan, key("vlan"))?;
+            let address = parse_address(&ctx, &rh.address, &key("address"), &vlan)?;
+            check_addr(&rh.address, key("address"), &name, address)?;
+            let link = *rh.link.get_ref();
+            let wifi = match (&rh.wifi, link) {
+                (Some(w), _) => {
+                    let ssid = match &w.get_ref().ssid {
+                        Some(s) if !s.get_ref().is_empty() && s.get_ref().len() <= 32 => {
+                            s.get_ref().clone()
+                        }
+                        Some(s) => {
+                            return Err(ctx.bad(
+                                s.span(),
+                                key("wifi.ssid"),
+                                "a Wi-Fi SSID is 1 to 32 bytes".into(),
+                            ));
+                        }
+                        None => {
+                            return Err(ctx.bad(
+                                w.span(),
+                                key("wifi.ssid"),
+                                format!("host {name} is on Wi-Fi but has no SSID: add ssid = \"...\" to its wifi table"),
+                            ));
+                        }
+                    };
+                    Some(Wifi {
+                        ssid,
+                        passphrase: w.get_ref().passphrase.clone(),
+                    })
+                }
+                (None, Link::Wifi) => {
+                    return Err(ctx.bad(
+                        rh.link.span(),
+                        key("wifi.ssid"),
+                        format!("host {name} is on Wi-Fi but has no SSID: add wifi = {{ ssid = \"...\", passphrase = {{ env = \"...\" }} }}"),
+                    ));
+                }
+                (None, Link::Ethernet) => None,
+            };
+            if link == Link::Wifi && rh.tagged {
+                return Err(ctx.bad(
+                    rh.link.span(),
+                    key("tagged"),
+                    "a Wi-Fi host cannot carry tagged VLANs: the SSID maps to the VLAN".into(),
+                ));
+            }
+            hosts.push(Host {
+                name,
+                board,
+                role: rh.role,
+                link,
+                vlan: vlan.name.clone(),
+                tagged: rh.tagged,
+                address,
+                ssh_keys: rh.ssh_keys.clone(),
+                wifi,
+                labels: rh.labels.clone(),
+                taints: rh.taints.clone(),
+            });
+        }
+
+        let mut phones: Vec<Phone> = Vec::new();
+        for (i, rp) in raw.phone.iter().enumerate() {
+            let key = |k: &str| format!("phone[{i}].{k}");
+            let name = check_name(&rp.name, key("name"))?;
+            if let Some(serial) = &rp.serial
+                && let Some(other) = phones
+                    .iter()
+                    .find(|p| p.serial.as_deref() == Some(serial.get_ref()))
+            {
+                return Err(ctx.bad(
+                    serial.span(),
+                    key("serial"),
+                    format!(
+                        "serial {:?} is already phone {}",
+                        serial.get_ref(),
+                        other.name
+                    ),
+                ));
+            }
+            let vlan = match &rp.vlan {
+                Some(v) => find_vlan(v, key("vlan"))?,
+                None => vlans
+                    .iter()
+                    .find(|v| v.name == phone_vlan)
+                    .cloned()
+                    .ok_or_else(|| {
+                        ctx.bad(
+                            rp.name.span(),
+                            key("vlan"),
+                            "no VLAN for this phone: add vlan = \"...\"".into(),
+                        )
+                    })?,
+            };
+            let address = match &rp.address {
+                Some(a) => {
+                    let addr = parse_address(&ctx, a, &key("address"), &vlan)?;
+                    check_addr(a, key("address"), &name, addr)?;
+                    addr
+                }
+                None => Address::Dhcp,
+            };
+            phones.push(Phone {
+                name,
+                serial: rp.serial.as_ref().map(|s| s.get_ref().clone()),
+                vlan: vlan.name.clone(),
+                address,
+                iface: rp.iface.clone().unwrap_or_else(|| "wlan0".into()),
+                labels: rp.labels.clone(),
+                taints: rp.taints.clone(),
+                power: rp.power.clone().unwrap_or_default(),
+                data_image_mib: rp.data_image_mib.unwrap_or(PHONE_DATA_IMAGE_MIB),
+            });
+        }
+
+        let topology = Topology {
+            origin: origin.to_owned(),
+            base_dir: base_dir.to_owned(),
+            cluster: Cluster {
+                name: rc.name.clone().unwrap_or_else(|| "armfleet".into()),
+                server,
+                k3s,
+                mirror,
+                token: rc
+                    .token
+                    .clone()
+                    .unwrap_or_else(|| SecretSource::Env("K3S_TOKEN".into())),
+                search: rc.search.clone(),
+                wifi_country,
+                phone_vlan,
+            },
+            vlans,
+            hosts,
+            phones,
+        };
+        // Every entry must make a valid node.toml; say so now rather than at enroll time.
+        for h in topology.hosts.iter().filter(|h| h.role == Role::Agent) {
+            NodeConfig::for_host(&topology, &h.name)?;
+        }
+        for p in &topology.phones {
+            NodeConfig::for_phone(&topology, &p.name)?;
+        }
+        Ok(topology)
+    }
+
+    /// The Pis.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// The Pi named `name`.
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+
+    /// The phones.
+    pub fn phones(&self) -> &[Phone] {
+        &self.phones
+    }
+
+    /// The phone named `name`.
+    pub fn phone(&self, name: &str) -> Option<&Phone> {
+        self.phones.iter().find(|p| p.name == name)
+    }
+
+    /// The phone with ADB serial `serial`.
+    pub fn phone_by_serial(&self, serial: &str) -> Option<&Phone> {
+        self.phones
+            .iter()
+            .find(|p| p.serial.as_deref() == Some(serial))
+    }
+
+    /// The first agent host of a board (`rpi4`), for `imagegen rpi4` without `--host`.
+    pub fn first_host_of_board(&self, board: &str) -> Option<&Host> {
+        self.hosts
+            .iter()
+            .find(|h| h.board == board && h.role == Role::Agent)
+    }
+
+    /// The VLAN named `name`.
+    pub fn vlan(&self, name: &str) -> Option<&Vlan> {
+        self.vlans.iter().find(|v| v.name == name)
+    }
+
+    /// The URL workers fetch k3s from: the mirror when there is one, else upstream.
+    pub fn k3s_fetch_url(&self) -> Option<String> {
+        let upstream = self.cluster.k3s.url.as_deref()?;
+        match &self.cluster.mirror {
+            Some(m) => {
+                let file = upstream.rsplit('/').next().unwrap_or("k3s-arm64");
+                Some(format!("{m}/{file}"))
+            }
+            None => Some(upstream.to_owned()),
+        }
+    }
+
+    fn k3s_section(&self) -> K3s {
+        K3s {
+            version: self.cluster.k3s.version.clone(),
+            sha256: self.cluster.k3s.sha256.clone(),
+            url: self.k3s_fetch_url(),
+            ..K3s::default()
+        }
+    }
+
+    fn nameservers(&self, vlan: &Vlan) -> Vec<IpAddr> {
+        if vlan.dns.is_empty() {
+            vlan.gateway.into_iter().collect()
+        } else {
+            vlan.dns.clone()
+        }
+    }
+}
+
+fn vlan_label(v: &Vlan) -> String {
+    v.name.to_ascii_lowercase()
+}
+
+impl NodeConfig {
+    /// The `node.toml` of the Pi `name` (an agent host of the topology).
+    pub fn for_host(topology: &Topology, name: &str) -> Result<NodeConfig, TopologyError> {
+        let host = topology
+            .host(name)
+            .ok_or_else(|| TopologyError::UnknownHost {
+                origin: topology.origin.clone(),
+                name: name.to_owned(),
+                known: topology
+                    .hosts
+                    .iter()
+                    .map(|h| h.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        if host.role == Role::Server {
+            return Err(TopologyError::NotAWorker {
+                origin: topology.origin.clone(),
+                name: name.to_owned(),
+            });
+        }
+        let vlan = topology.vlan(&host.vlan).expect("validated VLAN");
+        let mut labels = BTreeMap::from([
+            ("armfleet.io/kind".to_string(), "pi".to_string()),
+            ("armfleet.io/board".to_string(), host.board.clone()),
+            ("armfleet.io/vlan".to_string(), vlan_label(vlan)),
+            (
+                "armfleet.io/link".to_string(),
+                match host.link {
+                    Link::Ethernet => "ethernet",
+                    Link::Wifi => "wifi",
+                }
+                .to_string(),
+            ),
+        ]);
+        labels.extend(host.labels.clone());
+        let config = NodeConfig {
+            node: Node {
+                name: host.name.clone(),
+                kind: NodeKind::Pi,
+            },
+            server: Server {
+                url: topology.cluster.server.clone(),
+                token_file: "/etc/armfleet/token".into(),
+                token_drop: Some(PI_TOKEN_DROP.into()),
+            },
+            k3s: topology.k3s_section(),
+            network: Network {
+                iface: Some(host.iface(vlan.id)),
+                node_ip: match host.address {
+                    Address::Static(ip) => Some(ip),
+                    Address::Dhcp => None,
+                },
+                // systemd-resolved is not in the rootfs; node-runtime writes these for k3s.
+                nameservers: topology.nameservers(vlan),
+                search: topology.cluster.search.clone(),
+            },
+            labels,
+            taints: host.taints.clone(),
+            chroot: None,
+            power: None,
+            supervise: Supervise::default(),
+            logs: Logs::default(),
+            status_file: "/var/lib/armfleet/status.json".into(),
+        };
+        config.validate(&format!("{} (host {name})", topology.origin))?;
+        Ok(config)
+    }
+
+    /// The `node.toml` of the phone `name` of the topology.
+    pub fn for_phone(topology: &Topology, name: &str) -> Result<NodeConfig, TopologyError> {
+        let phone = topology
+            .phone(name)
+            .ok_or_else(|| TopologyError::UnknownPhone {
+                origin: topology.origin.clone(),
+                name: name.to_owned(),
+                known: if topology.phones.is_empty() {
+                    "none".into()
+                } else {
+                    topology
+                        .phones
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            })?;
+        phone_config(topology, phone)
+    }
+
+    /// The `node.toml` for a phone the topology has no entry for, named on the command line
+    /// (`phonectl enroll --name phone-7`): the cluster's defaults (phone VLAN, DHCP, `wlan0`).
+    /// A name that *is* in the topology gets its entry.
+    pub fn for_new_phone(topology: &Topology, name: &str) -> Result<NodeConfig, TopologyError> {
+        if topology.phone(name).is_some() {
+            return NodeConfig::for_phone(topology, name);
+        }
+        if !is_dns_label(name) {
+            return Err(TopologyError::BadName {
+                name: name.to_owned(),
+            });
+        }
+        if topology.host(name).is_some() {
+            return Err(TopologyError::BadName {
+                name: format!("{name} (already a host in {})", topology.origin),
+            });
+        }
+        let phone = Phone {
+            name: name.to_owned(),
+            serial: None,
+            vlan: topology.cluster.phone_vlan.clone(),
+            address: Address::Dhcp,
+            iface: "wlan0".into(),
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            power: Power::default(),
+            data_image_mib: PHONE_DATA_IMAGE_MIB,
+        };
+        phone_config(topology, &phone)
+    }
+}
+
+fn phone_config(topology: &Topology, phone: &Phone) -> Result<NodeConfig, TopologyError> {
+    let vlan = topology.vlan(&phone.vlan);
+    let mut labels = BTreeMap::from([("armfleet.io/kind".to_string(), "phone".to_string())]);
+    if let Some(v) = vlan {
+        labels.insert("armfleet.io/vlan".into(), vlan_label(v));
+    }
+    labels.extend(phone.labels.clone());
+    let mut taints = vec![PHONE_TAINT.to_string()];
+    taints.extend(phone.taints.iter().filter(|t| *t != PHONE_TAINT).cloned());
+    let config = NodeConfig {
+        node: Node {
+            name: phone.name.clone(),
+            kind: NodeKind::Phone,
+        },
+        server: Server {
+            url: topology.cluster.server.clone(),
+            // Inside the chroot: /data/armfleet/rootfs/etc/armfleet/token on the phone.
+            token_file: "/etc/armfleet/token".into(),
+            token_drop: None,
+        },
+        k3s: K3s {
+            data_image: Some(DataImage {
+                path: PHONE_DATA_IMAGE.into(),
+                size_mib: phone.data_image_mib,
+            }),
+            ..topology.k3s_section()
+        },
+        network: Network {
+            iface: Some(phone.iface.clone()),
+            node_ip: match phone.address {
+                Address::Static(ip) => Some(ip),
+                Address::Dhcp => None,
+            },
+            // Android has no resolv.conf for the chroot: always give name servers.
+            nameservers: vlan.map(|v| topology.nameservers(v)).unwrap_or_default(),
+            search: topology.cluster.search.clone(),
+        },
+        labels,
+        taints,
+        chroot: Some(Chroot {
+            root: PHONE_ROOTFS.into(),
+            hostname: Some(phone.name.clone()),
+        }),
+        power: Some(phone.power.clone()),
+        supervise: Supervise::default(),
+        logs: Logs::default(),
+        status_file: "/var/lib/armfleet/status.json".into(),
+    };
+    config.validate(&format!("{} (phone {})", topology.origin, phone.name))?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_contain_and_reserve_what_they_should() {
+        let s: Subnet = "10.10.10.0/24".parse().unwrap();
+        assert!(s.contains("10.10.10.77".parse().unwrap()));
+        assert!(!s.contains("10.10.11.1".parse().unwrap()));
+        assert!(!s.contains("fd00::1".parse().unwrap()));
+        assert!(s.is_reserved("10.10.10.0".parse().unwrap()));
+        assert!(s.is_reserved("10.10.10.255".parse().unwrap()));
+        assert!(!s.is_reserved("10.10.10.1".parse().unwrap()));
+        let v6: Subnet = "fd00:10::/64".parse().unwrap();
+        assert!(v6.contains("fd00:10::12".parse().unwrap()));
+        assert!(!v6.contains("fd00:11::12".parse().unwrap()));
+        assert!(
+            "10.10.10.0"
+                .parse::<Subnet>()
+                .unwrap_err()
+                .contains("prefix")
+        );
+        assert!("10.10.10.0/33".parse::<Subnet>().is_err());
+        assert_eq!(s.to_string(), "10.10.10.0/24");
+    }
+
+    #[test]
+    fn the_mirror_replaces_the_k3s_origin() {
+        let text = DEFAULT_TOPOLOGY.replace(
+            "phone_vlan = \"INFRA\"",
+            "phone_vlan = \"INFRA\"\nmirror = \"http://10.10.10.1:8080/armfleet/\"",
+        );
+        let t = Topology::from_toml_str(&text, "t", Path::new(".")).unwrap();
+        assert_eq!(
+            t.k3s_fetch_url().unwrap(),
+            "http://10.10.10.1:8080/armfleet/k3s-arm64"
+        );
+        let c = NodeConfig::for_host(&t, "rpi4-2").unwrap();
+        assert_eq!(
+            c.k3s.url.as_deref(),
+            Some("http://10.10.10.1:8080/armfleet/k3s-arm64")
+        );
+    }
+}

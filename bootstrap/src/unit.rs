@@ -1,0 +1,71 @@
+//! The systemd unit that starts `node-runtime` on a Pi. `node-runtime unit` prints it; the rootfs
+//! overlay installs it at [`UNIT_PATH`] and enables it with the symlink at [`UNIT_WANTS_LINK`].
+//!
+//! The join token is not in it: node-runtime passes `--token-file` to k3s itself.
+
+/// Where the unit is installed in the node rootfs.
+pub const UNIT_PATH: &str = "/etc/systemd/system/node-runtime.service";
+
+/// The symlink that enables it (what `systemctl enable` would create).
+pub const UNIT_WANTS_LINK: &str =
+    "/etc/systemd/system/multi-user.target.wants/node-runtime.service";
+
+/// Where the overlay installs the node-runtime binary.
+pub const NODE_RUNTIME_BIN: &str = "/usr/local/bin/node-runtime";
+
+/// The unit text.
+pub const SYSTEMD_UNIT: &str = "\
+[Unit]
+Description=armfleet node-runtime: supervises the k3s agent of this worker
+Documentation=https://github.com/armfleet/armfleet
+# k3s needs an address and a route to the server; Wi-Fi Pis take a while to associate.
+Wants=network-online.target
+After=network-online.target time-sync.target
+ConditionPathExists=/etc/armfleet/node.toml
+
+[Service]
+Type=simple
+ExecStart=/usr/local/bin/node-runtime run --config /etc/armfleet/node.toml
+# node-runtime restarts k3s with backoff itself; systemd restarts node-runtime.
+Restart=always
+RestartSec=5s
+# k3s runs containers: let node-runtime stop them itself, within its own grace period.
+KillMode=process
+TimeoutStopSec=60s
+Delegate=yes
+LimitNOFILE=1048576
+LimitNPROC=infinity
+LimitCORE=infinity
+TasksMax=infinity
+
+[Install]
+WantedBy=multi-user.target
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_runs_node_runtime_after_network_and_always_restarts() {
+        let lines: Vec<&str> = SYSTEMD_UNIT.lines().collect();
+        assert!(lines.contains(&"After=network-online.target time-sync.target"));
+        assert!(lines.contains(&"Wants=network-online.target"));
+        assert!(lines.contains(&"Restart=always"));
+        assert!(lines.contains(&"WantedBy=multi-user.target"));
+        assert!(
+            lines.contains(
+                &format!(
+                    "ExecStart={NODE_RUNTIME_BIN} run --config {}",
+                    crate::node_config::DEFAULT_CONFIG_PATH
+                )
+                .as_str()
+            )
+        );
+        assert!(
+            !SYSTEMD_UNIT.to_ascii_lowercase().contains("token"),
+            "the unit must not carry the token"
+        );
+        assert!(UNIT_WANTS_LINK.ends_with(UNIT_PATH.rsplit('/').next().unwrap()));
+    }
+}

@@ -1,0 +1,611 @@
+//! Builds one host's SD card image: MBR, FAT32 boot partition, ext4 root, `.bmap`.
+
+use crate::assets::{AssetSource, BootAssets, PinnedPackage};
+use crate::bmap::Bmap;
+use crate::board::{Board, INITRD_FILE, KERNEL_FILE};
+use crate::error::{ImageError, io};
+use crate::ext4::Tree;
+use crate::host::HostPlan;
+use crate::util::run;
+use bootstrap::progress::{Event, Progress};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const MIB: u64 = 1 << 20;
+/// Partitions start and end on 4 MiB boundaries (SD card allocation units).
+pub const ALIGN_MIB: u64 = 4;
+/// Timestamp of every file when `SOURCE_DATE_EPOCH` is not set (2024-01-01T00:00:00Z).
+pub const DEFAULT_EPOCH: u64 = 1_704_067_200;
+/// Where the boot partition is mounted on the Pi.
+pub const BOOT_MOUNT: &str = "/boot/firmware";
+/// The file name a join token may be dropped as on the boot partition after flashing.
+pub const TOKEN_DROP_NAME: &str = "armfleet-token";
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The board profile.
+    pub board: Board,
+    /// The host.
+    pub host: HostPlan,
+    /// The image file to write (`NAME.img`); the bmap goes next to it as `NAME.img.bmap`.
+    pub output: PathBuf,
+    /// Image size in bytes; `None` for just enough (the card grows it on first boot).
+    pub size: Option<u64>,
+    /// The node rootfs `.tar.gz`.
+    pub rootfs: PathBuf,
+    /// Where boot assets come from.
+    pub assets: AssetSource,
+    /// A k3s binary to bake in.
+    pub k3s: Option<PathBuf>,
+    /// The join token, when given at build time.
+    pub token: Option<Vec<u8>>,
+    /// Timestamp for every file imagegen writes.
+    pub epoch: u64,
+    /// Directory for the staging tree (defaults to the system temp dir).
+    pub tmp_dir: Option<PathBuf>,
+}
+
+/// How the k3s binary gets onto the node.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum K3sSource {
+    /// `--k3s PATH` baked in.
+    Given(PathBuf),
+    /// Already in the rootfs.
+    InRootfs,
+    /// Downloaded at build time from the pinned URL and baked in.
+    Downloaded(String),
+    /// node-runtime fetches it on first boot from this URL.
+    FirstBoot(String),
+    /// Nowhere: the node cannot start k3s until one is installed.
+    Missing,
+}
+
+/// What was built.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BuildSummary {
+    /// The image.
+    pub image: PathBuf,
+    /// Its bmap.
+    pub bmap: PathBuf,
+    /// sha256 of the whole image.
+    pub sha256: String,
+    /// Image size, bytes.
+    pub size: u64,
+    /// Bytes holding data (what a flash writes).
+    pub mapped_bytes: u64,
+    /// MBR disk signature, hex.
+    pub disk_signature: String,
+    /// PARTUUID of the root partition.
+    pub root_partuuid: String,
+    /// Kernel release.
+    pub kernel_version: String,
+    /// Debian packages the boot assets came from.
+    pub packages: Vec<PinnedPackage>,
+    /// Whether a token was baked in.
+    pub token_baked: bool,
+    /// The path on the boot partition where a token may be dropped.
+    pub token_drop: String,
+    /// Where k3s comes from.
+    pub k3s: K3sSource,
+    /// Things the user should know.
+    pub notes: Vec<String>,
+}
+
+/// MBR disk signature for a host: the first 4 bytes of sha256("armfleet-disk:" + name), never 0.
+pub fn disk_signature(host: &str) -> u32 {
+    let h = Sha256::digest(format!("armfleet-disk:{host}").as_bytes());
+    let v = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+    if v == 0 { 1 } else { v }
+}
+
+/// ext4 filesystem UUID for a host (also its directory hash seed), derived from the name.
+pub fn root_uuid(host: &str) -> String {
+    let h = Sha256::digest(format!("armfleet-root:{host}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let x = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..]
+    )
+}
+
+/// The fstab imagegen writes.
+pub fn fstab(sig: u32) -> String {
+    format!(
+        "# Written by imagegen. The root partition is grown to the card by the initramfs on first\n# boot and the filesystem follows (x-systemd.growfs).\nPARTUUID={sig:08x}-02  /               ext4  defaults,noatime,x-systemd.growfs  0  1\nPARTUUID={sig:08x}-01  {BOOT_MOUNT}  vfat  defaults,noatime,umask=0077,nofail  0  2\n"
+    )
+}
+
+/// Removes its path on drop unless disarmed: an error leaves nothing half-written behind.
+struct TempOutput(Option<PathBuf>);
+impl Drop for TempOutput {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn step(progress: &dyn Progress, name: &str) -> std::time::Instant {
+    progress.event(Event::StepStarted {
+        step: name.into(),
+        total: None,
+    });
+    std::time::Instant::now()
+}
+
+fn done(progress: &dyn Progress, name: &str, detail: String, started: std::time::Instant) {
+    progress.event(Event::StepFinished {
+        step: name.into(),
+        detail: format!("{detail} ({:.1} s)", started.elapsed().as_secs_f64()),
+    });
+}
+
+/// Free bytes on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs with a valid C string and a zeroed out-struct we own.
+    (unsafe { libc::statvfs(c.as_ptr(), &mut s) } == 0)
+        .then(|| s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+/// Root partition bytes needed for the staged tree (data, inode tables, journal, reserve).
+fn root_needed(tree: &Tree) -> u64 {
+    let data = tree.data_bytes() + tree.inodes() * 4096 / 4; // small files round up to blocks
+    let inode_tables = (data / 16384).max(tree.inodes() * 2) * 256;
+    let est = (data + inode_tables) * 110 / 100 + 64 * MIB;
+    est.div_ceil(ALIGN_MIB * MIB) * ALIGN_MIB * MIB
+}
+
+/// Builds the image described by `opts`.
+pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummary, ImageError> {
+    let board = &opts.board;
+    let host = &opts.host;
+    host.validate()?;
+    if host.board != board.name {
+        return Err(ImageError::WrongBoard {
+            host: host.name.clone(),
+            asked: board.name.clone(),
+            actual: host.board.clone(),
+        });
+    }
+    if !opts.rootfs.is_file() {
+        return Err(ImageError::Rootfs {
+            path: opts.rootfs.clone(),
+            message: "not found: build the node rootfs first, or pass --rootfs FILE.tar.gz".into(),
+        });
+    }
+    let out_dir = match opts.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    if !out_dir.is_dir() {
+        return Err(ImageError::Io {
+            path: out_dir,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "output directory does not exist",
+            ),
+        });
+    }
+    if let Some(size) = opts.size {
+        let min = (ALIGN_MIB + board.partitions.boot_mib + 256) * MIB;
+        if size < min {
+            return Err(ImageError::SizeTooSmall {
+                asked_mib: size / MIB,
+                needed_mib: min / MIB,
+            });
+        }
+    }
+
+    let t = step(progress, "boot assets");
+    let assets = opts.assets.resolve(progress)?;
+    done(
+        progress,
+        "boot assets",
+        format!("kernel {}", assets.kernel_version),
+        t,
+    );
+
+    let sig = disk_signature(&host.name);
+    let partuuid = format!("{sig:08x}-02");
+    let mut notes = Vec::new();
+
+    let t = step(progress, "root filesystem tree");
+    let tmp_parent = opts.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let mut tree = Tree::new(&tmp_parent, opts.epoch)?;
+    tree.unpack_tarball(&opts.rootfs)?;
+    let mut node = host.node.clone();
+    if node.server.token_drop.is_none() {
+        node.server.token_drop = Some(PathBuf::from(format!("{BOOT_MOUNT}/{TOKEN_DROP_NAME}")));
+    }
+    let k3s = bake_k3s(opts, &mut tree, &node, progress)?;
+    if let K3sSource::Downloaded(_) | K3sSource::Given(_) = &k3s
+        && node.k3s.sha256.is_none()
+    {
+        // Keep node.toml free of a pin it cannot know; node-runtime uses the binary as is.
+    }
+    add_kernel_bits(&mut tree, board, &assets)?;
+    tree.add_dir(BOOT_MOUNT.trim_start_matches('/'), 0o755)?;
+    let plan = HostPlan {
+        node,
+        ..host.clone()
+    };
+    notes.extend(plan.apply(&mut tree, opts.token.as_deref(), &fstab(sig))?);
+    done(
+        progress,
+        "root filesystem tree",
+        format!("{} inodes", tree.inodes()),
+        t,
+    );
+
+    let t = step(progress, "initramfs");
+    let initrd = crate::initramfs::build(
+        &assets.busybox,
+        &assets.modules_dir,
+        &board.initramfs_modules,
+    )?;
+    done(
+        progress,
+        "initramfs",
+        format!("{} KiB", initrd.len() / 1024),
+        t,
+    );
+
+    // Layout.
+    let boot_start = ALIGN_MIB * MIB;
+    let boot_len = board.partitions.boot_mib * MIB;
+    let root_start = boot_start + boot_len;
+    let needed = root_needed(&tree).max(board.partitions.root_min_mib * MIB);
+    let total = match opts.size {
+        Some(s) => {
+            let s = s / (ALIGN_MIB * MIB) * (ALIGN_MIB * MIB);
+            if s < root_start + root_needed(&tree) {
+                return Err(ImageError::SizeTooSmall {
+                    asked_mib: s / MIB,
+                    needed_mib: (root_start + root_needed(&tree)) / MIB,
+                });
+            }
+            s
+        }
+        None => root_start + needed,
+    };
+    let root_len = total - root_start;
+
+    let boot_files = boot_files(
+        board,
+        &assets,
+        &initrd,
+        &host.name,
+        &partuuid,
+        host.wifi.as_ref().map(|w| w.country.as_str()),
+    )?;
+    let boot_bytes: u64 = boot_files.iter().map(|(_, d)| d.len() as u64).sum();
+    if boot_bytes + 8 * MIB > boot_len {
+        return Err(ImageError::BadBoard {
+            origin: format!("{}.toml", board.name),
+            message: format!(
+                "the boot files ({} MiB) do not fit partitions.boot_mib = {}: raise it",
+                boot_bytes / MIB,
+                board.partitions.boot_mib
+            ),
+        });
+    }
+    let data_estimate = boot_bytes + tree.data_bytes() + 80 * MIB;
+    if let Some(free) = free_bytes(&out_dir)
+        && free < data_estimate
+    {
+        return Err(ImageError::NoSpace {
+            dir: out_dir,
+            needed_mib: data_estimate.div_ceil(MIB),
+            free_mib: free / MIB,
+        });
+    }
+
+    let file_name = opts
+        .output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image.img".into());
+    let tmp_img = out_dir.join(format!(".{file_name}.partial"));
+    let tmp_bmap = out_dir.join(format!(".{file_name}.bmap.partial"));
+    let mut guard_img = TempOutput(Some(tmp_img.clone()));
+    let mut guard_bmap = TempOutput(Some(tmp_bmap.clone()));
+    let no_space = |e: ImageError| match e {
+        ImageError::NoSpace { .. } => ImageError::NoSpace {
+            dir: out_dir.clone(),
+            needed_mib: data_estimate.div_ceil(MIB),
+            free_mib: free_bytes(&out_dir).unwrap_or(0) / MIB,
+        },
+        ImageError::Tool { ref message, .. } if message.contains("No space left") => {
+            ImageError::NoSpace {
+                dir: out_dir.clone(),
+                needed_mib: data_estimate.div_ceil(MIB),
+                free_mib: free_bytes(&out_dir).unwrap_or(0) / MIB,
+            }
+        }
+        ImageError::SizeTooSmall { .. } => ImageError::SizeTooSmall {
+            asked_mib: total / MIB,
+            needed_mib: (total + root_len / 4).div_ceil(MIB),
+        },
+        e => e,
+    };
+
+    let t = step(progress, "partition table");
+    let _ = std::fs::remove_file(&tmp_img);
+    let mut img = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&tmp_img)
+        .map_err(io(&tmp_img))?;
+    img.set_len(total).map_err(io(&tmp_img)).map_err(no_space)?;
+    write_mbr(
+        &mut img, &tmp_img, sig, boot_start, boot_len, root_start, root_len,
+    )?;
+    done(
+        progress,
+        "partition table",
+        format!("MBR, disk signature {sig:08x}"),
+        t,
+    );
+
+    let t = step(progress, "boot partition (FAT32)");
+    crate::fat::write_boot_partition(&mut img, &tmp_img, boot_start, boot_len, sig, &boot_files)
+        .map_err(no_space)?;
+    img.sync_all().map_err(io(&tmp_img)).map_err(no_space)?;
+    done(
+        progress,
+        "boot partition (FAT32)",
+        format!("{} files", boot_files.len()),
+        t,
+    );
+
+    let t = step(progress, "root partition (ext4)");
+    tree.make_ext4(
+        &tmp_img,
+        root_start,
+        root_len,
+        &root_uuid(&host.name),
+        "ROOT",
+    )
+    .map_err(no_space)?;
+    done(
+        progress,
+        "root partition (ext4)",
+        format!("{} MiB", root_len / MIB),
+        t,
+    );
+    drop(tree);
+
+    let t = step(progress, "bmap and checksum");
+    let (bmap, sha256) = Bmap::from_image_with_sha256(&tmp_img)?;
+    std::fs::write(&tmp_bmap, bmap.to_xml())
+        .map_err(io(&tmp_bmap))
+        .map_err(no_space)?;
+    done(
+        progress,
+        "bmap and checksum",
+        format!("{} MiB mapped", bmap.mapped_bytes() / MIB),
+        t,
+    );
+
+    let bmap_path = PathBuf::from(format!("{}.bmap", opts.output.display()));
+    std::fs::rename(&tmp_img, &opts.output).map_err(io(&opts.output))?;
+    guard_img.0 = None;
+    std::fs::rename(&tmp_bmap, &bmap_path).map_err(io(&bmap_path))?;
+    guard_bmap.0 = None;
+
+    Ok(BuildSummary {
+        image: opts.output.clone(),
+        bmap: bmap_path,
+        sha256,
+        size: total,
+        mapped_bytes: bmap.mapped_bytes(),
+        disk_signature: format!("{sig:08x}"),
+        root_partuuid: partuuid,
+        kernel_version: assets.kernel_version.clone(),
+        packages: assets.packages.clone(),
+        token_baked: opts.token.is_some(),
+        token_drop: TOKEN_DROP_NAME.into(),
+        k3s,
+        notes,
+    })
+}
+
+fn write_mbr(
+    img: &mut File,
+    path: &Path,
+    sig: u32,
+    boot_start: u64,
+    boot_len: u64,
+    root_start: u64,
+    root_len: u64,
+) -> Result<(), ImageError> {
+    let bad = |m: String| ImageError::Tool {
+        tool: "mbrman".into(),
+        message: m,
+    };
+    let mut mbr =
+        mbrman::MBR::new_from(img, 512, sig.to_le_bytes()).map_err(|e| bad(e.to_string()))?;
+    let part = |sys: u8, start: u64, len: u64, boot: bool| mbrman::MBRPartitionEntry {
+        boot: if boot {
+            mbrman::BOOT_ACTIVE
+        } else {
+            mbrman::BOOT_INACTIVE
+        },
+        first_chs: mbrman::CHS::empty(),
+        sys,
+        last_chs: mbrman::CHS::empty(),
+        starting_lba: (start / 512) as u32,
+        sectors: (len / 512) as u32,
+    };
+    mbr[1] = part(0x0c, boot_start, boot_len, true);
+    mbr[2] = part(0x83, root_start, root_len, false);
+    mbr.write_into(img).map_err(|e| bad(e.to_string()))?;
+    img.flush().map_err(io(path))?;
+    Ok(())
+}
+
+fn boot_files(
+    board: &Board,
+    assets: &BootAssets,
+    initrd: &[u8],
+    host: &str,
+    partuuid: &str,
+    country: Option<&str>,
+) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
+    let mut files = Vec::new();
+    let read = |p: &Path, pkg: &str| {
+        std::fs::read(p).map_err(|_| ImageError::AssetMissing {
+            what: format!("{} (Debian package {pkg})", p.display()),
+            help: "the package has a different layout than expected: pass --boot-assets with another version".into(),
+        })
+    };
+    for f in &board.firmware {
+        files.push((
+            f.clone(),
+            read(&assets.firmware_dir.join(f), "raspi-firmware")?,
+        ));
+    }
+    files.push((
+        board.dtb.clone(),
+        read(&assets.dtb_dir.join(&board.dtb), "linux-image-arm64")?,
+    ));
+    files.push((
+        KERNEL_FILE.into(),
+        read(&assets.kernel_image, "linux-image-arm64")?,
+    ));
+    files.push((INITRD_FILE.into(), initrd.to_vec()));
+    files.push(("config.txt".into(), board.config_txt(host).into_bytes()));
+    files.push((
+        "cmdline.txt".into(),
+        format!("{}\n", board.cmdline(partuuid, country)).into_bytes(),
+    ));
+    let mut manifest = format!(
+        "# Boot assets of this image (imagegen).\nkernel {}\n",
+        assets.kernel_version
+    );
+    for p in &assets.packages {
+        manifest.push_str(&format!("{} {} sha256:{}\n", p.package, p.file, p.sha256));
+    }
+    files.push(("armfleet-assets.txt".into(), manifest.into_bytes()));
+    Ok(files)
+}
+
+/// Kernel modules (with a depmod index) and the board's firmware files into the root tree.
+fn add_kernel_bits(tree: &mut Tree, board: &Board, assets: &BootAssets) -> Result<(), ImageError> {
+    let modules = format!("lib/modules/{}", assets.kernel_version);
+    tree.copy_dir(&assets.modules_dir, &modules)?;
+    let mut cmd = Command::new("depmod");
+    cmd.arg("-b").arg(tree.root());
+    if assets.system_map.is_file() {
+        cmd.arg("-F").arg(&assets.system_map);
+    }
+    cmd.arg(&assets.kernel_version);
+    run(&mut cmd, "depmod")?;
+    let real = tree.resolve(&modules)?;
+    for entry in std::fs::read_dir(tree.root().join(&real)).map_err(io(tree.root()))? {
+        let p = entry.map_err(io(tree.root()))?.path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("modules.") && p.is_file() {
+            let data = std::fs::read(&p).map_err(io(&p))?;
+            tree.add_file(&format!("{modules}/{name}"), 0o644, &data)?;
+        }
+    }
+    for f in &board.rootfs_firmware {
+        let found = assets
+            .lib_firmware
+            .iter()
+            .map(|d| d.join(f))
+            .find(|p| std::fs::symlink_metadata(p).is_ok());
+        let Some(p) = found else {
+            return Err(ImageError::AssetMissing {
+                what: format!("firmware file {f} (Debian packages raspi-firmware / firmware-brcm80211)"),
+                help: "the board profile's rootfs_firmware names a file these packages lack: fix the profile or use other package versions".into(),
+            });
+        };
+        let to = format!("lib/firmware/{f}");
+        let m = std::fs::symlink_metadata(&p).map_err(io(&p))?;
+        if m.file_type().is_symlink() {
+            let t = std::fs::read_link(&p).map_err(io(&p))?;
+            tree.add_symlink(&to, &t.to_string_lossy())?;
+        } else {
+            let data = std::fs::read(&p).map_err(io(&p))?;
+            tree.add_file(&to, 0o644, &data)?;
+        }
+    }
+    Ok(())
+}
+
+fn bake_k3s(
+    opts: &BuildOptions,
+    tree: &mut Tree,
+    node: &bootstrap::NodeConfig,
+    progress: &dyn Progress,
+) -> Result<K3sSource, ImageError> {
+    let bin = node
+        .k3s
+        .bin
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .to_owned();
+    if let Some(p) = &opts.k3s {
+        let data = std::fs::read(p).map_err(|e| ImageError::Rootfs {
+            path: p.clone(),
+            message: format!("cannot read the k3s binary given with --k3s: {e}"),
+        })?;
+        if data.get(..4) != Some(b"\x7fELF") || data.get(18) != Some(&0xb7) {
+            return Err(ImageError::Rootfs {
+                path: p.clone(),
+                message: "is not an arm64 (aarch64) ELF binary: pass the k3s-arm64 release file"
+                    .into(),
+            });
+        }
+        tree.add_file(&bin, 0o755, &data)?;
+        if let Some(pin) = &node.k3s.sha256 {
+            let actual = crate::util::sha256_hex(&data);
+            if &actual != pin {
+                progress.event(Event::Note(format!(
+                    "the k3s binary given ({}) has sha256 {actual}, but the topology pins {pin}: node-runtime replaces it with the pinned one on first boot",
+                    p.display()
+                )));
+            }
+        }
+        return Ok(K3sSource::Given(p.clone()));
+    }
+    if tree.exists(&bin) {
+        return Ok(K3sSource::InRootfs);
+    }
+    if let (Some(url), Some(sha)) = (&node.k3s.url, &node.k3s.sha256) {
+        let dest = crate::assets::cache_root().join("k3s").join(sha);
+        let _ = std::fs::create_dir_all(dest.parent().unwrap());
+        match bootstrap::download::fetch_pinned(url, sha, &dest, progress) {
+            Ok(_) => {
+                let data = std::fs::read(&dest).map_err(io(&dest))?;
+                tree.add_file(&bin, 0o755, &data)?;
+                return Ok(K3sSource::Downloaded(url.clone()));
+            }
+            Err(e) => {
+                progress.event(Event::Note(format!(
+                    "k3s not baked in ({e}); node-runtime fetches it on first boot"
+                )));
+                return Ok(K3sSource::FirstBoot(url.clone()));
+            }
+        }
+    }
+    Ok(K3sSource::Missing)
+}

@@ -1,0 +1,306 @@
+//! The host's plan from the lab topology, and the default node rootfs.
+
+use crate::board::Board;
+use crate::error::ImageError;
+use crate::host::{HostPlan, NetPlan, WifiPlan};
+use bootstrap::topology::{Address, Link, Topology};
+use std::path::{Path, PathBuf};
+
+/// The newest node rootfs built into armfleet's cache (`<cache>/rootfs/<key>/rootfs.tar.gz`).
+pub fn default_rootfs() -> Result<PathBuf, ImageError> {
+    let dir = crate::assets::cache_root().join("rootfs");
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("rootfs.tar.gz"))
+                .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.pop().map(|(_, p)| p).ok_or_else(|| ImageError::Rootfs {
+        path: dir.join("<key>/rootfs.tar.gz"),
+        message: "no node rootfs in the cache: build one first (it is made once for phones and Pis), or pass --rootfs FILE.tar.gz".into(),
+    })
+}
+
+/// A host's plan and the join token the topology's token source gives, if it gives one now.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The plan.
+    pub plan: HostPlan,
+    /// The token from the cluster's token source (`None` when the source is not available; the
+    /// token can then be dropped on the boot partition after flashing).
+    pub token: Option<Vec<u8>>,
+    /// Why there is no token, when there is none.
+    pub token_note: Option<String>,
+}
+
+/// The plan for `host` (or the first host of `board`) from the topology at `topology` (else
+/// `$ARMFLEET_TOPOLOGY`, else the embedded one).
+pub fn plan_for(
+    board: &Board,
+    host: Option<&str>,
+    topology: Option<&Path>,
+) -> Result<Planned, ImageError> {
+    let topo = Topology::resolve(topology).map_err(|e| ImageError::Topology(e.to_string()))?;
+    plan_from(&topo, board, host)
+}
+
+/// [`plan_for`] on a loaded topology.
+pub fn plan_from(
+    topo: &Topology,
+    board: &Board,
+    host: Option<&str>,
+) -> Result<Planned, ImageError> {
+    let h = match host {
+        Some(name) => topo.host(name).ok_or_else(|| ImageError::UnknownHost {
+            host: name.to_owned(),
+            topology: topo.origin.clone(),
+            board: board.name.clone(),
+            known: topo
+                .hosts()
+                .iter()
+                .filter(|h| h.board == board.name)
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?,
+        None => topo
+            .hosts()
+            .iter()
+            .find(|h| h.board == board.name && h.role == bootstrap::topology::Role::Agent)
+            .or_else(|| topo.first_host_of_board(&board.name))
+            .ok_or_else(|| ImageError::NoHostForBoard {
+                topology: topo.origin.clone(),
+                board: board.name.clone(),
+            })?,
+    };
+    if h.board != board.name {
+        return Err(ImageError::WrongBoard {
+            host: h.name.clone(),
+            asked: board.name.clone(),
+            actual: h.board.clone(),
+        });
+    }
+    let node = bootstrap::NodeConfig::for_host(topo, &h.name)
+        .map_err(|e| ImageError::Topology(e.to_string()))?;
+    let vlan = topo.vlan(&h.vlan).ok_or_else(|| {
+        ImageError::Topology(format!(
+            "{}: host {} names VLAN {:?}, which is not defined",
+            topo.origin, h.name, h.vlan
+        ))
+    })?;
+    let (iface, tagged) = match h.link {
+        Link::Wifi => {
+            if !board.wifi {
+                return Err(ImageError::HostConfig {
+                    host: h.name.clone(),
+                    message: format!("link = \"wifi\" but a {} has no Wi-Fi", board.model),
+                });
+            }
+            ("wlan0", None)
+        }
+        Link::Ethernet => {
+            if !board.ethernet {
+                return Err(ImageError::HostConfig {
+                    host: h.name.clone(),
+                    message: format!(
+                        "link = \"ethernet\" but a {} has no Ethernet port: use link = \"wifi\"",
+                        board.model
+                    ),
+                });
+            }
+            ("eth0", h.tagged.then_some(vlan.id))
+        }
+    };
+    let dns = if vlan.dns.is_empty() {
+        vlan.gateway.into_iter().collect()
+    } else {
+        vlan.dns.clone()
+    };
+    let net = NetPlan {
+        iface: iface.into(),
+        vlan: tagged,
+        address: match h.address {
+            Address::Static(ip) => Some(format!("{ip}/{}", vlan.subnet.prefix)),
+            Address::Dhcp => None,
+        },
+        gateway: match h.address {
+            Address::Static(ip) if Some(ip) != vlan.gateway => vlan.gateway,
+            _ => None,
+        },
+        dns,
+        search: topo.cluster.search.clone(),
+    };
+    let wifi = match (&h.wifi, h.link) {
+        (Some(w), Link::Wifi) => {
+            let psk = match &w.passphrase {
+                Some(src) => Some(
+                    src.read_in(&topo.base_dir)
+                        .map_err(|_| ImageError::HostConfig {
+                            host: h.name.clone(),
+                            message: format!(
+                                "the passphrase of Wi-Fi {:?} comes from the {src}, which is not available: provide it (or change wifi.passphrase in the topology); without it the Pi cannot join the network",
+                                w.ssid
+                            ),
+                        })?
+                        .expose()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            Some(WifiPlan {
+                ssid: w.ssid.clone(),
+                psk,
+                country: topo.cluster.wifi_country.clone(),
+            })
+        }
+        (None, Link::Wifi) => {
+            return Err(ImageError::HostConfig {
+                host: h.name.clone(),
+                message: "link = \"wifi\" without a wifi = { ssid = ... } entry in the topology"
+                    .into(),
+            });
+        }
+        _ => None,
+    };
+    let (token, token_note) =
+        match bootstrap::token::JoinToken::from_source(&topo.cluster.token, &topo.base_dir) {
+            Ok(t) => (
+                Some(format!("{}\n", t.secret().expose()).into_bytes()),
+                None,
+            ),
+            Err(e) => (None, Some(format!("no join token baked in ({e})"))),
+        };
+    Ok(Planned {
+        plan: HostPlan {
+            name: h.name.clone(),
+            board: h.board.clone(),
+            node,
+            net,
+            wifi,
+            ssh_keys: h.ssh_keys.clone(),
+        },
+        token,
+        token_note,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOPO: &str = r#"
+[cluster]
+name = "t"
+server = "https://10.10.10.1:6443"
+search = ["lab.example"]
+wifi_country = "DE"
+phone_vlan = "INFRA"
+token = { file = "no-such-token-file" }
+
+[[vlan]]
+name = "INFRA"
+id = 10
+subnet = "10.10.10.0/24"
+gateway = "10.10.10.1"
+dns = ["10.10.10.53"]
+
+[[vlan]]
+name = "IOT"
+id = 40
+subnet = "10.10.40.0/24"
+gateway = "10.10.40.1"
+
+[[host]]
+name = "trunk-pi"
+board = "rpi4"
+role = "agent"
+link = "ethernet"
+vlan = "IOT"
+tagged = true
+address = "dhcp"
+ssh_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample me@laptop"]
+
+[[host]]
+name = "open-wifi"
+board = "rpi3a"
+role = "agent"
+link = "wifi"
+vlan = "INFRA"
+address = "10.10.10.20"
+wifi = { ssid = "guest" }
+"#;
+
+    fn topo() -> Topology {
+        Topology::from_toml_str(TOPO, "test.toml", Path::new("/nonexistent")).unwrap()
+    }
+
+    #[test]
+    fn tagged_dhcp_host_gets_a_vlan_netdev_and_dhcp_on_it() {
+        let p = plan_from(&topo(), &Board::by_name("rpi4").unwrap(), Some("trunk-pi")).unwrap();
+        assert_eq!(p.plan.net.l3_iface(), "eth0.40");
+        assert!(
+            p.token.is_none() && p.token_note.is_some(),
+            "unreadable token source: no token, a note"
+        );
+        let files = p.plan.networkd_files();
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "10-armfleet-eth0.40.netdev",
+                "20-armfleet-eth0.network",
+                "30-armfleet-eth0.40.network"
+            ]
+        );
+        assert!(files[0].1.contains("Kind=vlan") && files[0].1.contains("Id=40"));
+        assert!(files[1].1.contains("VLAN=eth0.40"));
+        assert!(files[2].1.contains("DHCP=yes") && !files[2].1.contains("Address="));
+        // No DNS list on the IOT VLAN: the gateway serves DNS.
+        assert!(files[2].1.contains("DNS=10.10.40.1"), "{}", files[2].1);
+        assert_eq!(p.plan.ssh_keys.len(), 1);
+    }
+
+    #[test]
+    fn open_wifi_host_gets_key_mgmt_none_and_the_cluster_country() {
+        let p = plan_from(&topo(), &Board::by_name("rpi3a").unwrap(), None).unwrap();
+        assert_eq!(p.plan.name, "open-wifi", "first host of the board");
+        let conf = p.plan.wpa_supplicant_conf().unwrap();
+        assert!(
+            conf.contains("country=DE")
+                && conf.contains("key_mgmt=NONE")
+                && conf.contains("ssid=\"guest\""),
+            "{conf}"
+        );
+        let files = p.plan.networkd_files();
+        assert!(
+            files[0].1.contains("Address=10.10.10.20/24")
+                && files[0].1.contains("Gateway=10.10.10.1")
+        );
+        assert!(files[0].1.contains("Domains=lab.example"));
+    }
+
+    #[test]
+    fn host_of_another_board_is_refused_with_the_right_command() {
+        let e =
+            plan_from(&topo(), &Board::by_name("rpi3a").unwrap(), Some("trunk-pi")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("run `imagegen rpi4 --host trunk-pi`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn embedded_default_gives_rpi4_2_and_rpi3a_ctl() {
+        let t = Topology::embedded_default();
+        let p = plan_from(&t, &Board::by_name("rpi4").unwrap(), None).unwrap();
+        assert_eq!(p.plan.name, "rpi4-2");
+        assert_eq!(
+            p.plan.node.server.token_drop.as_deref(),
+            Some(Path::new("/boot/firmware/armfleet-token"))
+        );
+    }
+}

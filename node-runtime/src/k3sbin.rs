@@ -1,0 +1,93 @@
+//! The k3s binary: used as is when it matches the config's sha256 pin, else fetched from the
+//! configured mirror (resumable, verified, renamed into place by `bootstrap::download`).
+
+use bootstrap::NodeConfig;
+use bootstrap::progress::{Event, Progress};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Why there is no usable k3s binary.
+#[derive(Debug, thiserror::Error)]
+pub enum K3sBinError {
+    /// No binary and nothing to fetch it from.
+    #[error(
+        "k3s binary {0} does not exist and node.toml has no k3s.url/k3s.sha256 to fetch it: install it there or set both keys"
+    )]
+    Missing(PathBuf),
+    /// The binary differs from the pin and there is no URL.
+    #[error(
+        "k3s binary {path} has sha256 {got}, not the pinned k3s.sha256 {pin}, and k3s.url is not set: set k3s.url to a mirror of the pinned release"
+    )]
+    Differs {
+        /// The binary.
+        path: PathBuf,
+        /// Its hash.
+        got: String,
+        /// The pin.
+        pin: String,
+    },
+    /// The download failed (unreachable mirror, wrong file…); the message says which.
+    #[error("k3s.url: {0}")]
+    Download(#[from] bootstrap::download::DownloadError),
+    /// I/O on the binary.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Makes sure `bin` (a path valid where we run now) is the pinned k3s; fetches it when needed.
+/// Returns true when it was downloaded.
+pub fn ensure_k3s(
+    config: &NodeConfig,
+    bin: &Path,
+    progress: &dyn Progress,
+) -> Result<bool, K3sBinError> {
+    let io = |source| K3sBinError::Io {
+        path: bin.to_owned(),
+        source,
+    };
+    match (&config.k3s.sha256, &config.k3s.url) {
+        (None, _) => {
+            if bin.is_file() {
+                Ok(false)
+            } else {
+                Err(K3sBinError::Missing(bin.to_owned()))
+            }
+        }
+        (Some(pin), None) => {
+            if !bin.is_file() {
+                return Err(K3sBinError::Missing(bin.to_owned()));
+            }
+            let got = bootstrap::digest::sha256_file(bin).map_err(io)?;
+            if &got != pin {
+                return Err(K3sBinError::Differs {
+                    path: bin.to_owned(),
+                    got,
+                    pin: pin.clone(),
+                });
+            }
+            Ok(false)
+        }
+        (Some(pin), Some(url)) => {
+            let fetched = bootstrap::download::fetch_pinned(url, pin, bin, progress)?;
+            let mut perm = std::fs::metadata(bin).map_err(io)?.permissions();
+            if perm.mode() & 0o111 != 0o111 {
+                perm.set_mode(0o755);
+                std::fs::set_permissions(bin, perm).map_err(io)?;
+            }
+            if !fetched.already_present {
+                progress.event(Event::Note(format!(
+                    "k3s binary {} fetched from {url} ({} bytes{})",
+                    bin.display(),
+                    fetched.size,
+                    if fetched.resumed { ", resumed" } else { "" }
+                )));
+            }
+            Ok(!fetched.already_present)
+        }
+    }
+}

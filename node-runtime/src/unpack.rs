@@ -1,0 +1,355 @@
+//! `node-runtime unpack`: a rootfs `.tar.gz` on stdin becomes `DEST`, atomically.
+//!
+//! Extraction goes into a temporary sibling of `DEST` (same filesystem, so the swap is a rename)
+//! keeping owners, modes, symlinks, hard links, device nodes and xattrs. The sha256 of the whole
+//! compressed stream is checked before the swap. Any failure — a cut stream, a corrupted one, a
+//! wrong hash — removes the temporary tree and leaves `DEST` as it was.
+
+use sha2::{Digest, Sha256};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+/// Why an unpack failed (`DEST` is untouched in every case).
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// The stream ended early or is not a valid tar.gz.
+    #[error(
+        "the rootfs stream is broken after {bytes} bytes ({reason}); {dest} was left as it was: send the archive again"
+    )]
+    Broken {
+        /// Bytes read.
+        bytes: u64,
+        /// What the decoder said.
+        reason: String,
+        /// The destination.
+        dest: PathBuf,
+    },
+    /// The hash does not match.
+    #[error(
+        "the rootfs stream has sha256 {got}, expected {expected}; {dest} was left as it was: the archive was corrupted in transit or is not the one meant"
+    )]
+    Mismatch {
+        /// What was read.
+        got: String,
+        /// What was expected.
+        expected: String,
+        /// The destination.
+        dest: PathBuf,
+    },
+    /// An entry could not be written.
+    #[error("cannot extract {entry} into {dest}: {source}; {dest} was left as it was")]
+    Entry {
+        /// The entry's path in the archive.
+        entry: String,
+        /// The destination.
+        dest: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Setting up or swapping failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// `--sha256` is not a sha256.
+    #[error("--sha256 {0:?} is not 64 hex digits")]
+    BadHash(String),
+    /// `DEST` is unusable.
+    #[error("--dest {0}: must be an absolute path other than / whose parent exists")]
+    BadDest(PathBuf),
+}
+
+/// What [`unpack`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpacked {
+    /// sha256 of the compressed stream.
+    pub sha256: String,
+    /// Compressed bytes read.
+    pub bytes: u64,
+    /// Entries extracted.
+    pub entries: u64,
+    /// A previous tree was replaced.
+    pub replaced: bool,
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Extracts the tar.gz `reader` into `dest` atomically (see the module docs).
+pub fn unpack(
+    reader: impl Read,
+    dest: &Path,
+    expected_sha256: Option<&str>,
+) -> Result<Unpacked, UnpackError> {
+    let expected = expected_sha256.map(|h| h.to_ascii_lowercase());
+    if let Some(h) = &expected
+        && !bootstrap::node_config::is_sha256_hex(h)
+    {
+        return Err(UnpackError::BadHash(h.clone()));
+    }
+    let parent = match dest.parent() {
+        Some(p) if dest.is_absolute() && dest != Path::new("/") && p.is_dir() => p,
+        _ => return Err(UnpackError::BadDest(dest.to_owned())),
+    };
+    let name = dest.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = parent.join(format!(".{name}.unpack-{}", std::process::id()));
+    // Left-overs of an earlier killed unpack (a different pid) are garbage: remove them.
+    clean_leftovers(parent, &name);
+    std::fs::create_dir(&tmp).map_err(|source| UnpackError::Io {
+        path: tmp.clone(),
+        source,
+    })?;
+    let result = extract_verify(reader, &tmp, dest, expected.as_deref());
+    let (sha256, bytes, entries) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let replaced = swap_into_place(&tmp, dest).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&tmp);
+    })?;
+    Ok(Unpacked {
+        sha256,
+        bytes,
+        entries,
+        replaced,
+    })
+}
+
+fn clean_leftovers(parent: &Path, name: &str) {
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let is_ours =
+            n.starts_with(&format!(".{name}.unpack-")) || n.starts_with(&format!(".{name}.old-"));
+        if is_ours
+            && let Some(pid) = n.rsplit('-').next().and_then(|p| p.parse::<u32>().ok())
+            && !crate::status::pid_alive(pid)
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn extract_verify(
+    reader: impl Read,
+    tmp: &Path,
+    dest: &Path,
+    expected: Option<&str>,
+) -> Result<(String, u64, u64), UnpackError> {
+    let mut hashing = HashingReader {
+        inner: reader,
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    let entries = {
+        let gz = flate2::read::MultiGzDecoder::new(&mut hashing);
+        let mut archive = tar::Archive::new(gz);
+        archive.set_preserve_permissions(true);
+        archive.set_preserve_ownerships(true);
+        archive.set_unpack_xattrs(true);
+        archive.set_preserve_mtime(true);
+        archive.set_overwrite(true);
+        let broken = |e: io::Error, bytes: u64| UnpackError::Broken {
+            bytes,
+            reason: e.to_string(),
+            dest: dest.to_owned(),
+        };
+        let mut count = 0u64;
+        let iter = archive.entries().map_err(|e| broken(e, 0))?;
+        for entry in iter {
+            let mut entry = entry.map_err(|e| broken(e, 0))?;
+            let kind = entry.header().entry_type();
+            let path_text = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let entry_err = |source: io::Error| UnpackError::Entry {
+                entry: path_text.clone(),
+                dest: dest.to_owned(),
+                source: with_causes(source),
+            };
+            if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+                make_node(&mut entry, tmp, kind).map_err(entry_err)?;
+            } else {
+                // unpack_in refuses paths escaping `tmp` (.., absolute) and follows none of the
+                // archive's own symlinks out of it.
+                entry.unpack_in(tmp).map_err(|e| {
+                    // A stream cut inside a file body shows up here as an I/O error.
+                    if e.kind() == io::ErrorKind::UnexpectedEof
+                        || e.kind() == io::ErrorKind::InvalidData
+                        || e.kind() == io::ErrorKind::InvalidInput
+                    {
+                        broken(e, 0)
+                    } else {
+                        entry_err(e)
+                    }
+                })?;
+            }
+            count += 1;
+        }
+        // Drain the rest (tar padding, gzip trailer with its CRC) so the hash covers the stream.
+        let mut gz = archive.into_inner();
+        io::copy(&mut gz, &mut io::sink()).map_err(|e| broken(e, 0))?;
+        count
+    };
+    io::copy(&mut hashing, &mut io::sink()).map_err(|e| UnpackError::Broken {
+        bytes: 0,
+        reason: e.to_string(),
+        dest: dest.to_owned(),
+    })?;
+    let bytes = hashing.bytes;
+    let got = hex::encode(hashing.hasher.finalize());
+    if let Some(exp) = expected
+        && got != exp
+    {
+        return Err(UnpackError::Mismatch {
+            got,
+            expected: exp.to_owned(),
+            dest: dest.to_owned(),
+        });
+    }
+    if entries == 0 {
+        return Err(UnpackError::Broken {
+            bytes,
+            reason: "the archive is empty".into(),
+            dest: dest.to_owned(),
+        });
+    }
+    Ok((got, bytes, entries))
+}
+
+/// tar-rs hides the OS error behind "failed to unpack X": keep the whole chain in one message.
+fn with_causes(e: io::Error) -> io::Error {
+    let mut msg = e.to_string();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+    while let Some(c) = cur {
+        msg.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    io::Error::new(e.kind(), msg)
+}
+
+/// Character/block devices and FIFOs: tar-rs writes them as empty files, so mknod here.
+fn make_node<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    tmp: &Path,
+    kind: tar::EntryType,
+) -> io::Result<()> {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    let rel = entry.path()?.into_owned();
+    let rel = safe_relative(&rel)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "path escapes the rootfs"))?;
+    let target = tmp.join(&rel);
+    if let Some(p) = target.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    let _ = std::fs::remove_file(&target);
+    let h = entry.header();
+    let mode = h.mode()? & 0o7777;
+    let sflag = if kind.is_character_special() {
+        SFlag::S_IFCHR
+    } else if kind.is_block_special() {
+        SFlag::S_IFBLK
+    } else {
+        SFlag::S_IFIFO
+    };
+    let dev = makedev(
+        u64::from(h.device_major()?.unwrap_or(0)),
+        u64::from(h.device_minor()?.unwrap_or(0)),
+    );
+    mknod(&target, sflag, Mode::from_bits_truncate(mode), dev).map_err(io::Error::from)?;
+    let uid = h.uid()? as u32;
+    let gid = h.gid()? as u32;
+    nix::unistd::chown(
+        &target,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .map_err(io::Error::from)?;
+    // mknod applies the umask; set the archive's mode exactly.
+    std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    Ok(())
+}
+
+/// renameat2(RENAME_EXCHANGE) as a raw system call (musl's libc has no wrapper).
+fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    const RENAME_EXCHANGE: libc::c_uint = 2;
+    // SAFETY: two valid NUL-terminated paths that live across the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn safe_relative(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::Normal(n) => out.push(n),
+            std::path::Component::CurDir | std::path::Component::RootDir => {}
+            _ => return None,
+        }
+    }
+    (!out.as_os_str().is_empty()).then_some(out)
+}
+
+/// Puts `tmp` at `dest`: an atomic exchange where the filesystem supports it, else rename the
+/// old tree aside, the new one in, and remove the old.
+fn swap_into_place(tmp: &Path, dest: &Path) -> Result<bool, UnpackError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| UnpackError::Io { path, source }
+    };
+    if std::fs::symlink_metadata(dest).is_err() {
+        std::fs::rename(tmp, dest).map_err(io(dest))?;
+        return Ok(false);
+    }
+    match rename_exchange(tmp, dest) {
+        Ok(()) => {
+            // `tmp` now holds the old tree.
+            std::fs::remove_dir_all(tmp).map_err(io(tmp))?;
+        }
+        Err(_) => {
+            let name = dest.file_name().unwrap_or_default().to_string_lossy();
+            let old = dest.with_file_name(format!(".{name}.old-{}", std::process::id()));
+            std::fs::rename(dest, &old).map_err(io(dest))?;
+            if let Err(e) = std::fs::rename(tmp, dest) {
+                let _ = std::fs::rename(&old, dest);
+                return Err(io(dest)(e));
+            }
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+    }
+    Ok(true)
+}

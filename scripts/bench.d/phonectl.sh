@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# phonectl against virtual phones through one real adb server (a private one on a free port):
+# - first enroll of a realistic-size rootfs (the mini node rootfs + a 160 MiB k3s-sized binary
+#   blob) vs `adb push` of the same bytes with the real adb client (goal: ratio <= 1.2, unpack
+#   included);
+# - re-enroll with nothing changed (goal: <= 2 s, <= 1 MiB sent);
+# - three phones enrolled in parallel (--all) vs one (ratio).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+cargo build -q -p armfleet-tests --bin vphone
+cargo build -q -p phonectl --bin phonectl
+vphone=$CARGO_TARGET_DIR/debug/vphone
+phonectl=$CARGO_TARGET_DIR/debug/phonectl
+nr=$CARGO_TARGET_DIR/aarch64-unknown-linux-musl/release/node-runtime
+[ -x "$nr" ] || bash scripts/cross-build.sh --test-tools >/dev/null
+# The mini node rootfs fixture (built and cached by the test harness).
+mini=$(find "$CARGO_TARGET_DIR/armfleet-test-cache/node-rootfs-mini" -name '*.tar.gz' -printf '%T@ %p\n' 2>/dev/null |
+  sort -n | tail -n1 | cut -d' ' -f2-)
+[ -n "$mini" ] || { echo "bench: phonectl: no mini node rootfs cached: run the phonectl tests once" >&2; exit 1; }
+
+work=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+adbport=$(free_port)
+"$vphone" rooted-magisk rooted-magisk rooted-magisk --port "$port" >"$work/vphone.out" 2>&1 &
+vpid=$!
+cleanup() {
+  HOME=$work adb -P "$adbport" kill-server >/dev/null 2>&1 || true
+  kill -INT "$vpid" 2>/dev/null || true
+  wait "$vpid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+for _ in $(seq 300); do [ "$(grep -c 'adb connect' "$work/vphone.out" || true)" -ge 3 ] && break; sleep 0.1; done
+export HOME=$work
+adb -P "$adbport" start-server >/dev/null 2>&1
+serials=()
+for i in 0 1 2; do
+  s="127.0.0.1:$((port + i))"
+  serials+=("$s")
+  adb -P "$adbport" connect "$s" >/dev/null
+  adb -P "$adbport" -s "$s" wait-for-device
+done
+
+# A realistic rootfs: the mini one plus a k3s-sized binary (random bytes compress like a binary
+# does not: the worst case for the transfer).
+python3 - "$mini" "$work/rootfs.tar.gz" <<'EOF'
+import gzip, io, os, sys, tarfile
+src, dst = sys.argv[1], sys.argv[2]
+with tarfile.open(src, "r:gz") as a, gzip.open(dst, "wb", compresslevel=1) as g, \
+        tarfile.open(fileobj=g, mode="w|") as b:
+    for m in a:
+        b.addfile(m, a.extractfile(m) if m.isfile() else None)
+    blob = os.urandom(96 << 20) + bytes(64 << 20)
+    info = tarfile.TarInfo("usr/local/lib/k3s-sized-blob"); info.size = len(blob); info.mode = 0o644
+    b.addfile(info, io.BytesIO(blob))
+EOF
+size=$(stat -c %s "$work/rootfs.tar.gz")
+echo 'K10aaaabbbbccccddddeeeeffff0000111122223333444455556666777788889999::server:bench-token' >"$work/token"
+mkdir "$work/configs"
+for i in 0 1 2; do
+  hp=$(free_port)
+  cat >"$work/configs/${serials[$i]}.toml" <<EOF
+[node]
+name = "bench-$i"
+kind = "phone"
+[server]
+url = "https://127.0.0.1:$(free_port)"
+[k3s]
+kubelet_args = ["healthz-port=$hp"]
+[network]
+iface = "lo"
+nameservers = ["10.10.0.1"]
+[chroot]
+root = "/data/armfleet/rootfs"
+[supervise]
+healthz_port = $hp
+EOF
+done
+pc() { "$phonectl" --adb-port "$adbport" "$@"; }
+enroll_args=(--config "$work/configs" --rootfs "$work/rootfs.tar.gz" --node-runtime "$nr"
+  --token-file "$work/token" --force --wait 120)
+now() { date +%s.%N; }
+py() { python3 -c "print($1)"; }
+
+s0=${serials[0]}
+t=$(now); adb -P "$adbport" -s "$s0" push "$work/rootfs.tar.gz" /data/local/tmp/bench.tar.gz >/dev/null; t_push=$(py "$(now)-$t")
+adb -P "$adbport" -s "$s0" shell rm -f /data/local/tmp/bench.tar.gz
+t=$(now); pc -s "$s0" enroll "${enroll_args[@]}" >/dev/null 2>"$work/e1.err" || { cat "$work/e1.err" >&2; exit 1; }; t_one=$(py "$(now)-$t")
+mib=$(py "round($size/1048576)")
+echo "bench: phonectl: first enroll, ${mib} MiB rootfs incl. unpack and start: $(py "round($t_one,2)") s (baseline: adb push $(py "round($t_push,2)") s, ratio $(py "round($t_one/$t_push,2)"))"
+
+t=$(now); out=$(pc -s "$s0" enroll "${enroll_args[@]}" --json 2>/dev/null); t_re=$(py "$(now)-$t")
+sent=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])[0]["summary"]["bytes_sent"])' "$out")
+echo "bench: phonectl: re-enroll unchanged: $(py "round($t_re,2)") s, $sent bytes sent (baseline: first enroll $(py "round($t_one,2)") s, ratio $(py "round($t_re/$t_one,3)"); goal <= 2 s, <= 1048576 bytes)"
+
+pc -s "$s0" unenroll >/dev/null
+t=$(now); pc enroll --all "${enroll_args[@]}" >/dev/null 2>"$work/e3.err" || { cat "$work/e3.err" >&2; exit 1; }; t_all=$(py "$(now)-$t")
+echo "bench: phonectl: three phones in parallel (--all): $(py "round($t_all,2)") s (baseline: one phone $(py "round($t_one,2)") s, ratio $(py "round($t_all/$t_one,2)"))"

@@ -1,0 +1,1027 @@
+//! imagegen end to end: images built by the real binary from the node rootfs and Debian's boot
+//! packages, checked with independent tools (sfdisk, fsck.vfat, e2fsck, debugfs, mtools); flashing
+//! to files and loop devices; every refusal and every user error.
+
+use armfleet_tests::fixtures::mini_node_rootfs;
+use armfleet_tests::util::{cache_dir, target_dir, workspace_root};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const TOKEN: &str =
+    "K10aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa::server:s3cr3tjointoken";
+
+struct Lock(#[allow(dead_code)] std::fs::File);
+fn lock(path: &Path) -> Lock {
+    let f = std::fs::File::create(path).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    Lock(f)
+}
+
+/// The imagegen binary of this workspace, built once per test process (a no-op when fresh).
+fn imagegen_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let _l = lock(&target_dir().join("imagegen-bin.lock"));
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let st = Command::new(cargo)
+                .args(["build", "-q", "-p", "imagegen", "--bin", "imagegen"])
+                .current_dir(workspace_root())
+                .status()
+                .expect("cargo build imagegen");
+            assert!(st.success(), "building imagegen failed");
+            target_dir().join("debug/imagegen")
+        })
+        .clone()
+}
+
+/// imagegen with the shared boot-asset cache (fetched once through apt for all tests).
+fn imagegen(args: &[&str]) -> Output {
+    imagegen_env(args, &[])
+}
+
+fn imagegen_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(imagegen_bin());
+    cmd.args(args)
+        .env("ARMFLEET_CACHE_DIR", cache_dir("imagegen-cache"))
+        .env_remove("K3S_TOKEN")
+        .env_remove("ARMFLEET_TOPOLOGY")
+        .env("ARMFLEET_WIFI_INFRA_PSK", "lab-wifi-passphrase")
+        .env("SOURCE_DATE_EPOCH", "1704067200")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run imagegen")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn run(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(o.status.success(), "{cmd:?} failed: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn sha256(path: &Path) -> String {
+    run(Command::new("sha256sum").arg(path))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Builds an image for `board` from the mini node rootfs into `dir`; returns its path.
+fn build(board: &str, dir: &Path, extra: &[&str]) -> PathBuf {
+    let rootfs = mini_node_rootfs();
+    let out = dir.join(format!("{board}.img"));
+    let mut args = vec![
+        board,
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let o = imagegen(&args);
+    assert!(o.status.success(), "imagegen {args:?}: {}", text(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let last = stdout.lines().last().unwrap();
+    assert!(
+        last.contains(&format!("sha256 {}", sha256(&out))),
+        "the final line names the image's sha256: {last}"
+    );
+    out
+}
+
+/// The rpi4 image most tests look at, built once per imagegen binary and rootfs (under a lock,
+/// shared by the test processes): `--token-file` given, default size. Read-only for the tests.
+fn shared_rpi4() -> PathBuf {
+    let dir = cache_dir("imagegen-shared");
+    let _l = lock(&dir.join(".lock"));
+    let bin = std::fs::metadata(imagegen_bin()).unwrap();
+    let rootfs = mini_node_rootfs();
+    let stamp = format!(
+        "{:?} {} {} {:?}",
+        bin.modified().unwrap(),
+        bin.len(),
+        rootfs.display(),
+        std::fs::metadata(&rootfs).unwrap().modified().unwrap()
+    );
+    let image = dir.join("rpi4.img");
+    if std::fs::read_to_string(dir.join("stamp")).ok().as_deref() == Some(stamp.as_str())
+        && image.exists()
+    {
+        return image;
+    }
+    let token = token_file(&dir);
+    build("rpi4", &dir, &["--token-file", token.to_str().unwrap()]);
+    std::fs::write(dir.join("stamp"), stamp).unwrap();
+    image
+}
+
+fn token_file(dir: &Path) -> PathBuf {
+    let p = dir.join("token");
+    std::fs::write(&p, format!("{TOKEN}\n")).unwrap();
+    p
+}
+
+#[derive(Debug, Clone)]
+struct Part {
+    start: u64,
+    size: u64,
+    kind: String,
+    bootable: bool,
+}
+
+fn sfdisk(image: &Path) -> (String, Vec<Part>) {
+    let json: serde_json::Value =
+        serde_json::from_str(&run(Command::new("sfdisk").arg("--json").arg(image))).unwrap();
+    let t = &json["partitiontable"];
+    assert_eq!(t["label"], "dos", "MBR (the Pi 3 boots only from MBR)");
+    let parts = t["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| Part {
+            start: p["start"].as_u64().unwrap() * 512,
+            size: p["size"].as_u64().unwrap() * 512,
+            kind: p["type"].as_str().unwrap().to_owned(),
+            bootable: p["bootable"].as_bool().unwrap_or(false),
+        })
+        .collect();
+    (
+        t["id"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("0x")
+            .to_owned(),
+        parts,
+    )
+}
+
+/// Copies one partition out of the image (sparse), for tools that want a whole filesystem.
+fn extract(image: &Path, p: &Part, dest: &Path) {
+    run(Command::new("dd")
+        .arg(format!("if={}", image.display()))
+        .arg(format!("of={}", dest.display()))
+        .args(["bs=1M", "conv=sparse", "status=none"])
+        .arg(format!("skip={}", p.start >> 20))
+        .arg(format!("count={}", p.size >> 20)));
+}
+
+fn debugfs(fs: &Path, cmd: &str) -> String {
+    let o = Command::new("debugfs")
+        .arg("-R")
+        .arg(cmd)
+        .arg(fs)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// (type and permission bits, uid, gid) of a path, from `debugfs stat`.
+fn stat(fs: &Path, path: &str) -> Option<(u32, u64, u64)> {
+    let out = debugfs(fs, &format!("stat \"{path}\""));
+    let kind = match out.split("Type:").nth(1)?.split_whitespace().next()? {
+        "regular" => 0o100000,
+        "directory" => 0o040000,
+        "symlink" => 0o120000,
+        _ => 0,
+    };
+    let mode = out.split("Mode:").nth(1)?.split_whitespace().next()?;
+    let user = out.split("User:").nth(1)?.split_whitespace().next()?;
+    let group = out.split("Group:").nth(1)?.split_whitespace().next()?;
+    Some((
+        kind | u32::from_str_radix(mode, 8).ok()?,
+        user.parse().ok()?,
+        group.parse().ok()?,
+    ))
+}
+
+fn mcopy_cat(image: &Path, p: &Part, name: &str) -> String {
+    run(Command::new("mtype")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(format!("{}@@{}", image.display(), p.start))
+        .arg(format!("::{name}")))
+}
+
+/// Every structural check on an image, with tools that are not imagegen.
+fn check_structure(
+    image: &Path,
+    board_files: &[&str],
+    dtb: &str,
+    work: &Path,
+) -> (Part, Part, PathBuf) {
+    let (label_id, parts) = sfdisk(image);
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    let (boot, root) = (&parts[0], &parts[1]);
+    assert_eq!(boot.kind, "c", "boot partition is FAT32 LBA (0x0C)");
+    assert!(boot.bootable);
+    assert_eq!(root.kind, "83");
+    for p in &parts {
+        assert_eq!(p.start % (1 << 20), 0, "aligned to 1 MiB or more: {p:?}");
+        assert_eq!(p.size % (1 << 20), 0, "{p:?}");
+    }
+    assert!(boot.start + boot.size <= root.start);
+    let img_len = std::fs::metadata(image).unwrap().len();
+    assert_eq!(root.start + root.size, img_len, "root fills the image");
+
+    // FAT: fsck.vfat, real FAT32, files, config.txt, cmdline.txt.
+    let fat = work.join("boot.fat");
+    extract(image, boot, &fat);
+    let o = Command::new("fsck.vfat")
+        .arg("-n")
+        .arg(&fat)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "fsck.vfat -n: {}", text(&o));
+    let fsck_out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !fsck_out.to_lowercase().contains("uninitialized") && !fsck_out.contains("Dirty"),
+        "{fsck_out}"
+    );
+    let info = run(Command::new("minfo")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-i")
+        .arg(&fat)
+        .arg("::"));
+    assert!(
+        info.contains("FAT32") || info.contains("fat32") || info.contains("big FAT"),
+        "really FAT32: {info}"
+    );
+    let listing = run(Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-b", "-i"])
+        .arg(&fat)
+        .arg("::"));
+    for f in board_files
+        .iter()
+        .chain(&[dtb, "vmlinuz", "initrd.img", "config.txt", "cmdline.txt"])
+    {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.trim_end().ends_with(&format!("/{f}"))),
+            "{f} on the boot partition:\n{listing}"
+        );
+    }
+    let config = mcopy_cat(image, boot, "config.txt");
+    assert!(config.lines().any(|l| l == "arm_64bit=1"), "{config}");
+    assert!(
+        config.lines().any(|l| l == format!("device_tree={dtb}")),
+        "{config}"
+    );
+    assert!(
+        config
+            .lines()
+            .any(|l| l == "initramfs initrd.img followkernel"),
+        "{config}"
+    );
+    let cmdline = mcopy_cat(image, boot, "cmdline.txt");
+    assert_eq!(
+        cmdline.lines().count(),
+        1,
+        "cmdline.txt is one line: {cmdline:?}"
+    );
+    let root_arg = format!("root=PARTUUID={label_id}-02");
+    assert!(cmdline.contains(&root_arg), "{cmdline}");
+    assert!(
+        cmdline.contains("rootwait") && cmdline.contains("net.ifnames=0"),
+        "{cmdline}"
+    );
+    assert!(cmdline.contains("console=ttyS1,115200"), "{cmdline}");
+    assert!(
+        cmdline
+            .trim_end()
+            .ends_with("cgroup_memory=1 cgroup_enable=memory"),
+        "cgroup flags last: {cmdline}"
+    );
+    // The PARTUUID as the kernel computes it: blkid reads it from the MBR too.
+    let blkid = run(Command::new("blkid")
+        .args(["-p", "-o", "export", "--offset"])
+        .arg(root.start.to_string())
+        .arg(image));
+    assert!(blkid.contains("TYPE=ext4"), "{blkid}");
+
+    // ext4: e2fsck, owners and modes, the unit enabled, node.toml 0600.
+    let ext = work.join("root.ext4");
+    extract(image, root, &ext);
+    let o = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&ext)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "e2fsck -fn: {}", text(&o));
+    assert_eq!(
+        stat(&ext, "/etc/armfleet/node.toml"),
+        Some((0o100600, 0, 0)),
+        "node.toml root-only"
+    );
+    let unit_link = debugfs(
+        &ext,
+        "stat /etc/systemd/system/multi-user.target.wants/node-runtime.service",
+    );
+    assert!(
+        unit_link.contains("Type: symlink"),
+        "node-runtime.service enabled: {unit_link}"
+    );
+    assert!(stat(&ext, "/etc/systemd/system/node-runtime.service").is_some());
+    assert_eq!(
+        stat(&ext, "/usr/local/bin/node-runtime").map(|s| s.0 & 0o777),
+        Some(0o755)
+    );
+    let fstab = debugfs(&ext, "cat /etc/fstab");
+    assert!(
+        fstab.contains(&format!("PARTUUID={label_id}-02")) && fstab.contains("x-systemd.growfs"),
+        "{fstab}"
+    );
+    let modules = debugfs(&ext, "ls -p /lib/modules");
+    let kver = modules
+        .lines()
+        .filter_map(|l| l.split('/').nth(5))
+        .find(|n| n.ends_with("-arm64"))
+        .unwrap_or_else(|| panic!("kernel modules in /lib/modules: {modules}"))
+        .to_owned();
+    let dep = debugfs(&ext, &format!("stat /lib/modules/{kver}/modules.dep.bin"));
+    assert!(
+        dep.contains("Type: regular"),
+        "depmod index in the rootfs: {dep}"
+    );
+    (boot.clone(), root.clone(), ext)
+}
+
+/// Every entry of the rootfs tarball has, in the image, the owner and mode the tarball says
+/// (mke2fs ran unprivileged-style from a staging dir; debugfs had to put them right).
+fn check_owners_match_tarball(ext: &Path, rootfs: &Path) {
+    let f = std::fs::File::open(rootfs).unwrap();
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let mut script = String::new();
+    let mut expected = Vec::new();
+    for e in ar.entries().unwrap() {
+        let e = e.unwrap();
+        let h = e.header();
+        let path = e
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_owned();
+        if path.is_empty() || h.entry_type() == tar::EntryType::Link {
+            continue;
+        }
+        let kind = match h.entry_type() {
+            tar::EntryType::Directory => 0o040000,
+            tar::EntryType::Symlink => 0o120000,
+            tar::EntryType::Char => 0o020000,
+            tar::EntryType::Block => 0o060000,
+            tar::EntryType::Fifo => 0o010000,
+            _ => 0o100000,
+        };
+        let mode = if kind == 0o120000 {
+            0o120777
+        } else {
+            kind | (h.mode().unwrap() & 0o7777)
+        };
+        expected.push((path.clone(), mode, h.uid().unwrap(), h.gid().unwrap()));
+        script.push_str(&format!("stat \"/{path}\"\n"));
+    }
+    let sf = ext.with_extension("cmds");
+    std::fs::write(&sf, script).unwrap();
+    let out = run(Command::new("debugfs").arg("-f").arg(&sf).arg(ext));
+    let stats: Vec<&str> = out.split("debugfs: stat ").skip(1).collect();
+    assert_eq!(stats.len(), expected.len());
+    let mut checked = 0;
+    for ((path, mode, uid, gid), s) in expected.iter().zip(stats) {
+        let field = |k: &str| {
+            s.split(k)
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .map(String::from)
+        };
+        // The overlay imagegen adds may replace a few files (hostname, fstab): same owner rules.
+        let got_mode = field("Mode:").and_then(|m| u32::from_str_radix(&m, 8).ok());
+        let type_bits = match s
+            .split("Type:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+        {
+            Some("directory") => 0o040000,
+            Some("symlink") => 0o120000,
+            Some("character") => 0o020000,
+            Some("block") => 0o060000,
+            Some("FIFO") => 0o010000,
+            Some("regular") => 0o100000,
+            other => panic!("{path}: no inode in the image ({other:?})"),
+        };
+        assert_eq!(type_bits | got_mode.unwrap(), *mode, "{path}: mode");
+        assert_eq!(
+            field("User:").unwrap().parse::<u64>().unwrap(),
+            *uid,
+            "{path}: owner"
+        );
+        assert_eq!(
+            field("Group:").unwrap().parse::<u64>().unwrap(),
+            *gid,
+            "{path}: group"
+        );
+        checked += 1;
+    }
+    assert!(checked > 50, "checked {checked} entries");
+}
+
+#[test]
+fn rpi4_image_structure_checked_by_independent_tools() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = shared_rpi4();
+    let (_boot, _root, ext) = check_structure(
+        &image,
+        &["start4.elf", "fixup4.dat"],
+        "bcm2711-rpi-4-b.dtb",
+        dir.path(),
+    );
+    let listing = debugfs(&ext, "ls /");
+    assert!(!listing.is_empty());
+    check_owners_match_tarball(&ext, &mini_node_rootfs());
+    // The token is baked, root-only, and appears nowhere imagegen prints.
+    assert_eq!(stat(&ext, "/etc/armfleet/token"), Some((0o100600, 0, 0)));
+    assert_eq!(debugfs(&ext, "cat /etc/armfleet/token").trim(), TOKEN);
+    assert_eq!(debugfs(&ext, "cat /etc/hostname").trim(), "rpi4-2");
+    let net = debugfs(&ext, "cat /etc/systemd/network/20-armfleet-eth0.network");
+    assert!(
+        net.contains("Address=10.10.10.12/24") && net.contains("Gateway=10.10.10.1"),
+        "{net}"
+    );
+    assert!(
+        stat(&ext, "/etc/wpa_supplicant/wpa_supplicant-wlan0.conf").is_none(),
+        "no Wi-Fi on an Ethernet host"
+    );
+
+    let o = imagegen(&["inspect", image.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("hostname: rpi4-2"), "{out}");
+    assert!(
+        out.contains("start4.elf") && out.contains("device_tree=bcm2711-rpi-4-b.dtb"),
+        "{out}"
+    );
+    assert!(out.contains("name = \"rpi4-2\""), "node.toml shown: {out}");
+    assert!(out.contains("join token: baked in (redacted)"), "{out}");
+    assert!(
+        !out.contains("s3cr3tjointoken"),
+        "token never printed: {out}"
+    );
+    let o = imagegen(&["inspect", "--json", image.to_str().unwrap()]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        j["partitions"][1]["partuuid"].as_str().unwrap(),
+        format!("{}-02", j["disk_signature"].as_str().unwrap())
+    );
+    assert_eq!(j["token"], "baked");
+
+    // The bmap: its own checksum, and each range's sha256 matches the image's bytes.
+    let bmap = std::fs::read_to_string(format!("{}.bmap", image.display())).unwrap();
+    assert!(bmap.contains("<bmap version=\"2.0\">"));
+    let parsed = imagegen::bmap::Bmap::parse(&bmap, Path::new("x.bmap")).unwrap();
+    assert_eq!(parsed.image_size, std::fs::metadata(&image).unwrap().len());
+    let mut f = std::fs::File::open(&image).unwrap();
+    for r in &parsed.ranges {
+        use std::io::{Read, Seek, SeekFrom};
+        let (off, len) = r.span(parsed.block_size, parsed.image_size);
+        f.seek(SeekFrom::Start(off)).unwrap();
+        let mut buf = vec![0; len as usize];
+        f.read_exact(&mut buf).unwrap();
+        assert_eq!(imagegen::util::sha256_hex(&buf), r.sha256);
+    }
+    assert!(
+        parsed.mapped_bytes() < parsed.image_size / 2,
+        "sparse: {} of {}",
+        parsed.mapped_bytes(),
+        parsed.image_size
+    );
+}
+
+#[test]
+fn rpi3a_image_has_pi3_firmware_and_wifi() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = build("rpi3a", dir.path(), &["--size", "2G"]);
+    assert_eq!(
+        std::fs::metadata(&image).unwrap().len(),
+        2 << 30,
+        "--size is the image size"
+    );
+    let (boot, _root, ext) = check_structure(
+        &image,
+        &["bootcode.bin", "start.elf", "fixup.dat"],
+        "bcm2837-rpi-3-a-plus.dtb",
+        dir.path(),
+    );
+    let cmdline = mcopy_cat(&image, &boot, "cmdline.txt");
+    assert!(
+        cmdline.contains("cfg80211.ieee80211_regdom=FR"),
+        "{cmdline}"
+    );
+    assert_eq!(
+        stat(&ext, "/etc/wpa_supplicant/wpa_supplicant-wlan0.conf").map(|s| s.0),
+        Some(0o100600)
+    );
+    let wpa = debugfs(&ext, "cat /etc/wpa_supplicant/wpa_supplicant-wlan0.conf");
+    assert!(
+        wpa.contains("country=FR")
+            && wpa.contains("ssid=\"armlab-infra\"")
+            && wpa.contains("psk=\"lab-wifi-passphrase\""),
+        "{wpa}"
+    );
+    let net = debugfs(&ext, "cat /etc/systemd/network/20-armfleet-wlan0.network");
+    assert!(
+        net.contains("Name=wlan0") && net.contains("Address=10.10.10.13/24"),
+        "{net}"
+    );
+    assert!(
+        debugfs(&ext, "stat /lib/firmware/cypress/cyfmac43455-sdio.bin").contains("Type: regular"),
+        "Wi-Fi firmware"
+    );
+    // No token given and none in the environment: the image says where to drop it.
+    assert!(stat(&ext, "/etc/armfleet/token").is_none());
+    let node = debugfs(&ext, "cat /etc/armfleet/node.toml");
+    assert!(
+        node.contains("token_drop = \"/boot/firmware/armfleet-token\""),
+        "{node}"
+    );
+    let o = imagegen(&["inspect", image.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("join token: none"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn same_inputs_give_the_same_image_bytes() {
+    let ia = shared_rpi4();
+    let b = tempfile::tempdir().unwrap();
+    let token = token_file(b.path());
+    let ib = build("rpi4", b.path(), &["--token-file", token.to_str().unwrap()]);
+    assert_eq!(
+        sha256(&ia),
+        sha256(&ib),
+        "two builds from the same inputs differ"
+    );
+    assert_eq!(
+        std::fs::read(format!("{}.bmap", ia.display())).unwrap(),
+        std::fs::read(format!("{}.bmap", ib.display())).unwrap()
+    );
+}
+
+// ---- flash ---------------------------------------------------------------------------------
+
+/// A sparse test image with a few data ranges and its bmap (made by the library).
+fn synthetic_image(dir: &Path, size: u64) -> PathBuf {
+    use std::io::{Seek, SeekFrom, Write};
+    let p = dir.join("synthetic.img");
+    let mut f = std::fs::File::create(&p).unwrap();
+    f.set_len(size).unwrap();
+    for (i, off) in [0u64, 3 << 20, 17 << 20, size - 8192]
+        .into_iter()
+        .enumerate()
+    {
+        f.seek(SeekFrom::Start(off)).unwrap();
+        f.write_all(&vec![0x41 + i as u8; 6000]).unwrap();
+    }
+    drop(f);
+    let bmap = imagegen::bmap::Bmap::from_image(&p).unwrap();
+    std::fs::write(format!("{}.bmap", p.display()), bmap.to_xml()).unwrap();
+    p
+}
+
+/// A loop device over a fresh file of `size` bytes, detached on drop; `None` (with the reason
+/// printed) when this machine cannot make one.
+struct Loop {
+    dev: String,
+    _file: tempfile::TempDir,
+    mounts: Vec<PathBuf>,
+}
+
+impl Loop {
+    fn new(size: u64, partitioned: bool) -> Option<Loop> {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("disk");
+        let f = std::fs::File::create(&backing).unwrap();
+        f.set_len(size).unwrap();
+        drop(f);
+        if partitioned {
+            let mut c = Command::new("sfdisk");
+            c.arg("-q")
+                .arg(&backing)
+                .stdin(std::process::Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(b"label: dos\nstart=2048, size=40960, type=83\n")
+                .unwrap();
+            assert!(child.wait().unwrap().success());
+        }
+        let o = Command::new("losetup")
+            .args(["--find", "--show"])
+            .args(if partitioned {
+                &["--partscan"][..]
+            } else {
+                &[][..]
+            })
+            .arg(&backing)
+            .output();
+        match o {
+            Ok(o) if o.status.success() => Some(Loop {
+                dev: String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+                _file: dir,
+                mounts: Vec::new(),
+            }),
+            Ok(o) => {
+                println!(
+                    "SKIPPED: cannot create a loop device here: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                println!("SKIPPED: losetup not available: {e}");
+                None
+            }
+        }
+    }
+
+    fn mount(&mut self, dev: &str) {
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(dev));
+        let mp = tempfile::tempdir().unwrap().keep();
+        run(Command::new("mount").arg(dev).arg(&mp));
+        self.mounts.push(mp);
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        for m in self.mounts.drain(..) {
+            let _ = Command::new("umount").arg(&m).status();
+            let _ = std::fs::remove_dir(&m);
+        }
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+    }
+}
+
+fn flash(image: &Path, device: &str, yes: bool) -> Output {
+    let mut args = vec!["flash", image.to_str().unwrap(), device];
+    if yes {
+        args.push("--yes");
+    }
+    imagegen(&args)
+}
+
+fn dev_sha(dev: &str, len: u64) -> String {
+    let out = run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("head -c {len} {dev} | sha256sum")));
+    out.split_whitespace().next().unwrap().to_owned()
+}
+
+#[test]
+fn flash_real_image_to_a_file_and_a_loop_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = shared_rpi4();
+    let want = sha256(&image);
+    let len = std::fs::metadata(&image).unwrap().len();
+    let bmap = imagegen::bmap::Bmap::parse(
+        &std::fs::read_to_string(format!("{}.bmap", image.display())).unwrap(),
+        Path::new("b"),
+    )
+    .unwrap();
+
+    let copy = dir.path().join("card.img");
+    let o = flash(&image, copy.to_str().unwrap(), true);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("{} bytes written", bmap.mapped_bytes())),
+        "only mapped blocks: {out}"
+    );
+    assert!(out.contains("verified"), "{out}");
+    assert_eq!(sha256(&copy), want, "the file copy reads back as the image");
+
+    let Some(lp) = Loop::new(len + (64 << 20), false) else {
+        return;
+    };
+    let o = flash(&image, &lp.dev, true);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        dev_sha(&lp.dev, len),
+        want,
+        "the loop device reads back as the image"
+    );
+    let (_, parts) = sfdisk(Path::new(&lp.dev));
+    assert_eq!(parts.len(), 2);
+}
+
+#[test]
+fn flash_asks_before_writing_and_no_means_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = synthetic_image(dir.path(), 64 << 20);
+    let target = dir.path().join("card.img");
+    std::fs::write(&target, b"precious").unwrap();
+    let o = Command::new(imagegen_bin())
+        .args(["flash", image.to_str().unwrap(), target.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b"n\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("[y/N]") && err.contains("cancelled"), "{err}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+}
+
+#[test]
+fn flash_refuses_a_mounted_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = synthetic_image(dir.path(), 32 << 20);
+    let Some(mut lp) = Loop::new(64 << 20, false) else {
+        return;
+    };
+    let dev = lp.dev.clone();
+    lp.mount(&dev);
+    let before = dev_sha(&dev, 64 << 20);
+    let o = flash(&image, &dev, true);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{dev} is mounted on")) && err.contains("umount"),
+        "{err}"
+    );
+    assert_eq!(dev_sha(&dev, 64 << 20), before, "nothing written");
+}
+
+#[test]
+fn flash_refuses_a_disk_holding_a_mounted_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = synthetic_image(dir.path(), 32 << 20);
+    let Some(mut lp) = Loop::new(64 << 20, true) else {
+        return;
+    };
+    let part = format!("{}p1", lp.dev);
+    for _ in 0..50 {
+        if Path::new(&part).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if !Path::new(&part).exists() {
+        println!("SKIPPED: the kernel made no partition device {part} for the loop device");
+        return;
+    }
+    lp.mount(&part);
+    let o = flash(&image, &lp.dev, true);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("holds {part}, which is mounted on")),
+        "{err}"
+    );
+    // A partition is not a card either.
+    let o = flash(&image, &part, true);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("is a partition: give the whole card"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn flash_refuses_a_device_smaller_than_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = synthetic_image(dir.path(), 96 << 20);
+    let Some(lp) = Loop::new(64 << 20, false) else {
+        return;
+    };
+    let before = dev_sha(&lp.dev, 64 << 20);
+    let o = flash(&image, &lp.dev, true);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("use a card of at least 96 MiB"), "{err}");
+    assert_eq!(dev_sha(&lp.dev, 64 << 20), before);
+}
+
+#[test]
+fn flash_refuses_the_disk_the_system_runs_from() {
+    let disks = imagegen::flash::system_disks();
+    if disks.is_empty() {
+        println!("SKIPPED: the root filesystem is not on a block device here (container overlay)");
+        return;
+    }
+    for d in disks {
+        let name = d.file_name().unwrap().to_string_lossy().into_owned();
+        let dev = PathBuf::from(format!("/dev/{name}"));
+        if !dev.exists() {
+            continue;
+        }
+        // The check only: nothing is opened for writing.
+        let e = imagegen::flash::preflight(&dev, 1 << 20).unwrap_err();
+        assert!(
+            matches!(e, imagegen::flash::FlashError::SystemDisk { .. }),
+            "{dev:?}: {e}"
+        );
+        assert!(e.to_string().contains("the running system lives on"), "{e}");
+    }
+}
+
+#[test]
+fn flash_detects_a_damaged_image() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let image = synthetic_image(dir.path(), 32 << 20);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
+    f.seek(SeekFrom::Start((3 << 20) + 10)).unwrap();
+    f.write_all(b"X").unwrap();
+    drop(f);
+    let o = flash(&image, dir.path().join("out.img").to_str().unwrap(), true);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("do not match the checksum in the bmap"),
+        "{}",
+        text(&o)
+    );
+}
+
+// ---- user errors: message, exit code, nothing left under the output name ---------------------
+
+fn assert_fails_cleanly(o: &Output, code: i32, needle: &str, out_dir: &Path) {
+    assert_eq!(o.status.code(), Some(code), "{}", text(o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert_eq!(
+        err.trim()
+            .lines()
+            .filter(|l| l.starts_with("imagegen: error"))
+            .count(),
+        1,
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".img"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+fn args_for<'a>(board: &'a str, out: &'a str, rootfs: &'a str) -> Vec<&'a str> {
+    vec![board, "--rootfs", rootfs, "-o", out]
+}
+
+#[test]
+fn errors_unknown_board_host_and_wrong_board() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.img");
+    let out = out.to_str().unwrap();
+    let o = imagegen(&["rpi5", "-o", out]);
+    assert_fails_cleanly(
+        &o,
+        2,
+        "unknown board \"rpi5\": known boards are rpi3a, rpi4",
+        dir.path(),
+    );
+    let o = imagegen(&["rpi4", "--host", "nosuch", "-o", out]);
+    assert_fails_cleanly(&o, 2, "host \"nosuch\" is not in the topology", dir.path());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("rpi4-2"),
+        "names the hosts of the board: {}",
+        text(&o)
+    );
+    let o = imagegen(&["rpi4", "--host", "rpi3a-ctl", "-o", out]);
+    assert_fails_cleanly(
+        &o,
+        2,
+        "is a rpi3a in the topology, not a rpi4: run `imagegen rpi3a --host rpi3a-ctl`",
+        dir.path(),
+    );
+    let o = imagegen(&["rpi4", "--host", "rpi4-1", "-o", out]);
+    assert_fails_cleanly(&o, 2, "is the k3s server", dir.path());
+}
+
+#[test]
+fn error_invalid_topology() {
+    let dir = tempfile::tempdir().unwrap();
+    let topo = dir.path().join("topology.toml");
+    std::fs::write(&topo, "[cluster]\nname = \"x\"\nserverr = 1\n").unwrap();
+    let out = dir.path().join("x.img");
+    let o = imagegen(&[
+        "rpi4",
+        "--topology",
+        topo.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_fails_cleanly(&o, 2, "topology.toml", dir.path());
+}
+
+#[test]
+fn error_boot_assets_missing_names_the_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let debs = dir.path().join("debs");
+    std::fs::create_dir(&debs).unwrap();
+    let rootfs = mini_node_rootfs();
+    let out = dir.path().join("x.img");
+    let mut args = args_for("rpi4", out.to_str().unwrap(), rootfs.to_str().unwrap());
+    args.extend(["--boot-assets", debs.to_str().unwrap()]);
+    let o = imagegen(&args);
+    assert_fails_cleanly(&o, 3, "raspi-firmware", dir.path());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("apt-get download raspi-firmware"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn error_rootfs_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.img");
+    let o = imagegen(&args_for(
+        "rpi4",
+        out.to_str().unwrap(),
+        "/nonexistent/rootfs.tar.gz",
+    ));
+    assert_fails_cleanly(&o, 2, "/nonexistent/rootfs.tar.gz: not found", dir.path());
+}
+
+#[test]
+fn error_size_too_small_for_the_rootfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.img");
+    let rootfs = mini_node_rootfs();
+    let mut args = args_for("rpi4", out.to_str().unwrap(), rootfs.to_str().unwrap());
+    args.extend(["--size", "600M"]);
+    let o = imagegen(&args);
+    assert_fails_cleanly(&o, 2, "image size 600 MiB is too small", dir.path());
+    let o = imagegen(&["rpi4", "--size", "lots", "-o", out.to_str().unwrap()]);
+    assert_fails_cleanly(&o, 2, "invalid size \"lots\"", dir.path());
+}
+
+#[test]
+fn error_no_space_for_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let m = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(&small)
+        .output()
+        .unwrap();
+    if !m.status.success() {
+        println!(
+            "SKIPPED: cannot mount a small tmpfs: {}",
+            String::from_utf8_lossy(&m.stderr).trim()
+        );
+        return;
+    }
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Umount(small.clone());
+    let out = small.join("x.img");
+    let rootfs = mini_node_rootfs();
+    let o = imagegen(&args_for(
+        "rpi4",
+        out.to_str().unwrap(),
+        rootfs.to_str().unwrap(),
+    ));
+    assert_fails_cleanly(&o, 3, "not enough space in", &small);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("MiB free"),
+        "{}",
+        text(&o)
+    );
+}

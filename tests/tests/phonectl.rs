@@ -1,0 +1,699 @@
+//! phonectl end to end: the real `phonectl` binary, through a private real adb server, against
+//! virtual phones, installing the cross-built aarch64 node-runtime which supervises the aarch64
+//! k3s stand-in inside the phone's chroot.
+
+use armfleet_tests::fixtures::mini_node_rootfs;
+use armfleet_tests::standin::{TOKEN, free_port, wait_for};
+use armfleet_tests::util::{aarch64_bin, target_dir, workspace_root};
+use armfleet_tests::vphone::{AdbServer, PhoneOptions, VirtualPhone};
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The phonectl binary of this workspace, built once per test process (cargo is a no-op when it
+/// is current), so a test never runs a stale binary.
+fn phonectl_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-q", "-p", "phonectl", "--bin", "phonectl"])
+            .current_dir(workspace_root())
+            .env("CARGO_TARGET_DIR", target_dir())
+            .status()
+            .expect("run cargo build -p phonectl");
+        assert!(status.success(), "cargo build -p phonectl failed");
+        target_dir().join("debug/phonectl")
+    })
+    .clone()
+}
+
+struct Rig {
+    adb: AdbServer,
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        Rig {
+            adb: AdbServer::start(),
+            dir,
+        }
+    }
+
+    fn phone(&self, profile: &str) -> VirtualPhone {
+        let phone = VirtualPhone::start(profile, PhoneOptions::default());
+        self.adb.connect(&phone);
+        phone
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(phonectl_bin());
+        c.arg("--adb-port")
+            .arg(self.adb.port().to_string())
+            .env_remove("ANDROID_SERIAL")
+            .env_remove("ANDROID_ADB_SERVER_PORT")
+            .env("NO_COLOR", "1");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run phonectl")
+    }
+
+    /// node.toml for a phone: its own healthz port (phones share the host's network here).
+    /// No `k3s.data_image`: the virtual phone's mke2fs is busybox's, which cannot make ext4
+    /// with the options node-runtime passes (a gap of the test phone, not of a real one).
+    fn config(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(format!("{name}.toml"));
+        if p.exists() {
+            return p;
+        }
+        let port = free_port();
+        let text = format!(
+            r#"[node]
+name = "{name}"
+kind = "phone"
+[server]
+url = "https://127.0.0.1:{server}"
+[k3s]
+kubelet_args = ["healthz-port={port}"]
+[network]
+iface = "lo"
+nameservers = ["10.10.0.1"]
+[chroot]
+root = "/data/armfleet/rootfs"
+[supervise]
+healthz_port = {port}
+backoff_initial_ms = 200
+stop_grace_secs = 3
+"#,
+            server = free_port()
+        );
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn enroll_args(&self, name: &str, rootfs: &Path) -> Vec<String> {
+        vec![
+            "enroll".into(),
+            "--config".into(),
+            self.config(name).display().to_string(),
+            "--rootfs".into(),
+            rootfs.display().to_string(),
+            "--node-runtime".into(),
+            aarch64_bin("node-runtime").display().to_string(),
+            "--token-file".into(),
+            self.dir.path().join("token").display().to_string(),
+            "--wait".into(),
+            "60".into(),
+        ]
+    }
+
+    /// `phonectl enroll`, forced past the doctor: the "good" profiles serve the build machine's
+    /// own kernel config, which may lack an option k3s wants (e.g. the IPVS match); root is still
+    /// required, and the refusal tests below run without --force.
+    fn enroll_forced(
+        &self,
+        phone: &VirtualPhone,
+        name: &str,
+        rootfs: &Path,
+        extra: &[&str],
+    ) -> Output {
+        let mut e = vec!["--force"];
+        e.extend_from_slice(extra);
+        self.enroll(phone, name, rootfs, &e)
+    }
+
+    fn enroll(&self, phone: &VirtualPhone, name: &str, rootfs: &Path, extra: &[&str]) -> Output {
+        let mut args = vec!["-s".to_owned(), phone.serial()];
+        args.extend(self.enroll_args(name, rootfs));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.cmd().args(&args).output().expect("run phonectl")
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(o: &Output, phone: &VirtualPhone) -> String {
+    assert!(o.status.success(), "{}\n{}", text(o), phone.logs());
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts a user error: the exit code, one line on stderr naming what is given in `needles`.
+fn user_error(o: &Output, code: i32, needles: &[&str]) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).trim().to_owned();
+    assert_eq!(o.status.code(), Some(code), "{}", text(o));
+    let last = err.lines().last().unwrap_or("").to_owned();
+    for n in needles {
+        assert!(last.contains(n), "{n:?} not in the error line: {}", text(o));
+    }
+    assert!(!err.contains(TOKEN), "the token leaked: {err}");
+    last
+}
+
+/// Every path under the phone's root (its files as the host sees them), minus the harness' own
+/// `.vphone` bookkeeping.
+fn listing(phone: &VirtualPhone) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if rel.starts_with(".vphone") {
+                continue;
+            }
+            out.insert(rel);
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(phone.root(), phone.root(), &mut out);
+    out
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// The k3s stand-in's run records on the phone (one JSON line per agent start).
+fn standin_runs(phone: &VirtualPhone) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(
+        phone
+            .root()
+            .join("data/armfleet/rootfs/usr/local/bin/k3s.runs"),
+    )
+    .unwrap_or_default()
+    .lines()
+    .filter_map(|l| serde_json::from_str(l).ok())
+    .collect()
+}
+
+fn flag(run: &serde_json::Value, name: &str) -> Option<String> {
+    let argv: Vec<String> = run["argv"]
+        .as_array()?
+        .iter()
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    argv.iter().enumerate().find_map(|(i, a)| {
+        if a == name {
+            argv.get(i + 1).cloned()
+        } else {
+            a.strip_prefix(&format!("{name}=")).map(str::to_owned)
+        }
+    })
+}
+
+fn summary(o: &Output) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!("enroll --json output: {e}\n{}", text(o));
+    });
+    v[0]["summary"].clone()
+}
+
+/// A copy of `rootfs` with one more file, `/etc/armfleet-test-version` = `tag` (a "new release").
+fn rootfs_variant(rootfs: &Path, tag: &str, dir: &Path) -> PathBuf {
+    let out = dir.join(format!("rootfs-{tag}.tar.gz"));
+    let input = flate2::read::GzDecoder::new(std::fs::File::open(rootfs).unwrap());
+    let mut archive = tar::Archive::new(input);
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&out).unwrap(),
+        flate2::Compression::fast(),
+    );
+    let mut builder = tar::Builder::new(gz);
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut header = entry.header().clone();
+        let path = entry.path().unwrap().into_owned();
+        let link = entry.link_name().unwrap().map(|l| l.into_owned());
+        if let Some(link) = link {
+            builder.append_link(&mut header, &path, &link).unwrap();
+        } else {
+            builder.append_data(&mut header, &path, &mut entry).unwrap();
+        }
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(tag.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    builder
+        .append_data(&mut h, "etc/armfleet-test-version", tag.as_bytes())
+        .unwrap();
+    builder.into_inner().unwrap().finish().unwrap();
+    out
+}
+
+// ---------- the whole life of a worker phone ----------
+
+#[test]
+fn slow_phonectl_enroll_reboot_reenroll_unenroll() {
+    let rig = Rig::new();
+    let phone = rig.phone("rooted-magisk");
+    let rootfs = mini_node_rootfs();
+    let before = listing(&phone);
+
+    // Enroll.
+    let o = rig.enroll_forced(&phone, "phone-1", &rootfs, &["--json"]);
+    ok(&o, &phone);
+    let first = summary(&o);
+    assert_eq!(first["node"], "phone-1");
+    let root = phone.root().join("data/armfleet");
+    assert!(
+        root.join("rootfs/usr/local/bin/k3s").is_file(),
+        "rootfs unpacked"
+    );
+    assert!(root.join("bin/node-runtime").is_file());
+    let token = root.join("rootfs/etc/armfleet/token");
+    assert_eq!(mode(&token), 0o600, "token mode");
+    assert_eq!(std::fs::read_to_string(&token).unwrap().trim(), TOKEN);
+    let config = std::fs::read_to_string(root.join("node.toml")).unwrap();
+    assert!(
+        config.contains("root = \"/data/armfleet/rootfs\""),
+        "{config}"
+    );
+    let hook = phone.root().join("data/adb/modules/armfleet");
+    assert!(
+        std::fs::read_to_string(hook.join("module.prop"))
+            .unwrap()
+            .contains("id=armfleet")
+    );
+    assert_eq!(mode(&hook.join("service.sh")) & 0o111, 0o111);
+    // The agent runs with the right arguments and a readable 0600 token file.
+    let runs = standin_runs(&phone);
+    assert_eq!(runs.len(), 1, "one agent start: {runs:?}");
+    let run = &runs[0];
+    assert_eq!(
+        flag(run, "--node-name").as_deref(),
+        Some("phone-1"),
+        "{run}"
+    );
+    assert_eq!(
+        flag(run, "--token-file").as_deref(),
+        Some("/etc/armfleet/token"),
+        "{run}"
+    );
+    assert!(
+        flag(run, "--server")
+            .unwrap()
+            .starts_with("https://127.0.0.1:")
+    );
+    assert!(
+        !run["argv"].to_string().contains("s3cr3t"),
+        "token on a command line"
+    );
+    let status = rig.run(&["-s", &phone.serial(), "status", "--json"]);
+    let st: serde_json::Value =
+        serde_json::from_slice(&status.stdout).unwrap_or_else(|_| panic!("{}", text(&status)));
+    assert_eq!(st["status"]["state"], "running", "{st}");
+
+    // Reboot: the boot hook brings the worker back.
+    phone.reboot();
+    rig.adb.adb(&["disconnect", &phone.serial()]);
+    rig.adb.connect(&phone);
+    let runs = wait_for("the agent after reboot", Duration::from_secs(60), || {
+        let r = standin_runs(&phone);
+        (r.len() >= 2).then_some(r)
+    });
+    assert_ne!(runs[0]["pid"], runs[1]["pid"]);
+    assert_eq!(flag(&runs[1], "--node-name").as_deref(), Some("phone-1"));
+
+    // Re-enroll, nothing changed: fast, sends almost nothing, restarts nothing.
+    let t = Instant::now();
+    let o = rig.enroll_forced(&phone, "phone-1", &rootfs, &["--json"]);
+    ok(&o, &phone);
+    let again = summary(&o);
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(again["changed"], serde_json::json!([]), "{again}");
+    let sent = again["bytes_sent"].as_u64().unwrap();
+    assert!(sent < 256 * 1024, "re-enroll sent {sent} bytes");
+    assert!(secs < 20.0, "re-enroll took {secs:.1} s");
+    assert_eq!(
+        standin_runs(&phone).len(),
+        2,
+        "re-enroll restarted the agent"
+    );
+    eprintln!("re-enroll: {secs:.2} s, {sent} bytes sent (first enroll: {first})");
+
+    // Logs and a command in the chroot.
+    let logs = rig.run(&["-s", &phone.serial(), "logs", "-n", "5"]);
+    ok(&logs, &phone);
+    let sh = rig.run(&[
+        "-s",
+        &phone.serial(),
+        "shell",
+        "--",
+        "cat",
+        "/etc/armfleet/token",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&sh.stdout).trim(),
+        TOKEN,
+        "{}",
+        text(&sh)
+    );
+
+    // Unenroll: the phone is as before.
+    let o = rig.run(&["-s", &phone.serial(), "unenroll"]);
+    ok(&o, &phone);
+    let after = listing(&phone);
+    let added: Vec<_> = after.difference(&before).collect();
+    let removed: Vec<_> = before.difference(&after).collect();
+    assert!(
+        added.is_empty() && removed.is_empty(),
+        "phone differs after unenroll: added {added:?}, removed {removed:?}"
+    );
+    let o = rig.run(&["-s", &phone.serial(), "status"]);
+    user_error(&o, 3, &[&phone.serial(), "not enrolled"]);
+}
+
+#[test]
+fn slow_phonectl_enroll_all_three_phones_in_parallel() {
+    let rig = Rig::new();
+    let phones: Vec<VirtualPhone> = (0..3).map(|_| rig.phone("rooted-magisk")).collect();
+    let rootfs = mini_node_rootfs();
+    // --config DIR: one SERIAL.toml per phone (each its own node name and healthz port, as the
+    // phones share the host's network here).
+    let dir = rig.dir.path().join("configs");
+    std::fs::create_dir(&dir).unwrap();
+    for (i, p) in phones.iter().enumerate() {
+        let c = rig.config(&format!("phone-{i}"));
+        std::fs::copy(&c, dir.join(format!("{}.toml", p.serial()))).unwrap();
+    }
+    let mut args = rig.enroll_args("unused", &rootfs);
+    let i = args.iter().position(|a| a == "--config").unwrap();
+    args[i + 1] = dir.display().to_string();
+    args.insert(1, "--all".into());
+    args.push("--force".into());
+    let t = Instant::now();
+    let o = rig.cmd().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for (i, p) in phones.iter().enumerate() {
+        assert!(
+            out.contains(&format!("{}: enrolled as phone-{i}", p.serial())),
+            "{out}"
+        );
+        assert_eq!(standin_runs(p).len(), 1, "{}", p.serial());
+    }
+    eprintln!(
+        "three phones enrolled in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn slow_phonectl_cable_pulled_mid_push_rerun_converges() {
+    let rig = Rig::new();
+    let phone = rig.phone("rooted-magisk");
+    let rootfs = mini_node_rootfs();
+    ok(&rig.enroll_forced(&phone, "phone-1", &rootfs, &[]), &phone);
+    let v2 = rootfs_variant(&rootfs, "v2", rig.dir.path());
+    let size = std::fs::metadata(&v2).unwrap().len();
+    let marker = phone
+        .root()
+        .join("data/armfleet/rootfs/etc/armfleet-test-version");
+    for cut in [16 * 1024, size / 3, size * 9 / 10] {
+        phone.cut_transport_after(cut);
+        let o = rig.enroll_forced(&phone, "phone-1", &v2, &[]);
+        assert!(
+            !o.status.success(),
+            "enroll survived a cut at {cut}: {}",
+            text(&o)
+        );
+        let line = user_error(&o, 3, &[&phone.serial()]);
+        assert!(line.contains("rerun") || line.contains("offline"), "{line}");
+        // The old rootfs is intact: its files are there, the new one's are not.
+        assert!(
+            !marker.exists(),
+            "cut at {cut}: new rootfs activated half-way"
+        );
+        assert!(
+            phone
+                .root()
+                .join("data/armfleet/rootfs/usr/local/bin/k3s")
+                .is_file()
+        );
+        rig.adb.adb(&["disconnect", &phone.serial()]);
+        rig.adb.connect(&phone);
+    }
+    // Rerun without a cut converges on the new rootfs, and the worker runs from it.
+    ok(&rig.enroll_forced(&phone, "phone-1", &v2, &[]), &phone);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "v2");
+    let st = rig.run(&["-s", &phone.serial(), "status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["status"]["state"], "running");
+}
+
+// ---------- read-only commands ----------
+
+#[test]
+fn phonectl_devices_and_doctor_describe_a_rooted_phone() {
+    let rig = Rig::new();
+    let phone = rig.phone("rooted-magisk");
+    let o = rig.run(&["devices", "--json"]);
+    let rows: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
+    let row = &rows[0];
+    assert_eq!(row["serial"], phone.serial().as_str());
+    assert_eq!(row["state"], "device");
+    assert_eq!(row["model"], "Pixel 7");
+    assert_eq!(row["android"], "14");
+    assert_eq!(row["abi"], "arm64-v8a");
+    assert_eq!(row["root"], "yes");
+    assert_eq!(row["enrolled"], false);
+
+    let before = listing(&phone);
+    let o = rig.run(&["doctor", "--json"]);
+    let r: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
+    let item = |n: &str| {
+        r["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {n} item in {r}"))
+    };
+    assert_eq!(item("arch")["verdict"], "ok");
+    assert_eq!(item("root")["detail"], "Magisk 27.0");
+    assert!(
+        item("selinux")["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Enforcing")
+    );
+    assert!(
+        item("android")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Android 14")
+    );
+    assert!(
+        item("battery")["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("87%")
+    );
+    assert_ne!(item("kernel")["verdict"], serde_json::Value::Null);
+    assert_eq!(before, listing(&phone), "doctor changed the phone");
+}
+
+// ---------- errors: one line naming the phone and what to do; the phone unchanged ----------
+
+#[test]
+fn phonectl_error_no_adb_server_and_none_startable() {
+    let empty = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let o = Command::new(phonectl_bin())
+        .args(["--adb-port", &port.to_string(), "devices"])
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
+    user_error(&o, 3, &["no adb server", &port.to_string(), "adb"]);
+}
+
+#[test]
+fn phonectl_starts_an_adb_server_when_none_runs() {
+    let port = free_port();
+    let home = tempfile::tempdir().unwrap();
+    let o = Command::new(phonectl_bin())
+        .args(["--adb-port", &port.to_string(), "devices"])
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    let _ = Command::new("adb")
+        .args(["-P", &port.to_string(), "kill-server"])
+        .env("HOME", home.path())
+        .output();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no phones attached"));
+}
+
+#[test]
+fn phonectl_error_no_phone() {
+    let rig = Rig::new();
+    let o = rig.run(&["doctor"]);
+    user_error(&o, 3, &["no phone attached", "USB debugging"]);
+}
+
+#[test]
+fn phonectl_error_several_phones_without_serial() {
+    let rig = Rig::new();
+    let a = rig.phone("rooted-magisk");
+    let b = rig.phone("rooted-kernelsu");
+    let o = rig.run(&["doctor"]);
+    user_error(
+        &o,
+        2,
+        &["several phones", &a.serial(), &b.serial(), "-s SERIAL"],
+    );
+}
+
+#[test]
+fn phonectl_error_unknown_serial() {
+    let rig = Rig::new();
+    let a = rig.phone("rooted-magisk");
+    let o = rig.run(&["-s", "NOPE123", "doctor"]);
+    user_error(&o, 2, &["NOPE123", "not attached", &a.serial()]);
+}
+
+#[test]
+fn phonectl_error_unauthorized() {
+    let rig = Rig::new();
+    let p = rig.phone("unauthorized");
+    let before = listing(&p);
+    let rootfs = mini_node_rootfs();
+    let o = rig.enroll(&p, "phone-1", &rootfs, &[]);
+    user_error(
+        &o,
+        3,
+        &[
+            &p.serial(),
+            "unauthorized",
+            "accept the USB debugging prompt",
+        ],
+    );
+    assert_eq!(before, listing(&p));
+}
+
+fn refused_enroll(profile: &str, needles: &[&str]) -> String {
+    let rig = Rig::new();
+    let p = rig.phone(profile);
+    let rootfs = mini_node_rootfs();
+    let before = listing(&p);
+    let o = rig.enroll(&p, "phone-1", &rootfs, &[]);
+    let mut all = vec![p.serial()];
+    all.extend(needles.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let line = user_error(&o, 3, &refs);
+    assert_eq!(before, listing(&p), "the refused phone was changed");
+    line
+}
+
+#[test]
+fn phonectl_error_not_rooted() {
+    refused_enroll("unrooted", &["not rooted", "Magisk or KernelSU"]);
+}
+
+#[test]
+fn phonectl_error_armv7() {
+    refused_enroll("armv7", &["armv7", "aarch64 only"]);
+}
+
+#[test]
+fn phonectl_error_kernel_missing_required_options() {
+    let line = refused_enroll("stock-gki", &["missing required options", "PID_NS"]);
+    assert!(line.contains("PHONES.md"), "{line}");
+}
+
+#[test]
+fn phonectl_error_not_enough_space_on_data() {
+    // The need counts the k3s data image (256 MiB here) against the phone's 24 MiB /data.
+    let rig = Rig::new();
+    let p = rig.phone("full-data");
+    let rootfs = mini_node_rootfs();
+    let before = listing(&p);
+    let cfg = rig.config("phone-1");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[k3s]\n",
+        "[k3s]\ndata_image = { path = \"/data/armfleet/k3s-data.img\", size_mib = 256 }\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let o = rig.enroll(&p, "phone-1", &rootfs, &[]);
+    user_error(&o, 3, &[&p.serial(), "not enough space on /data", "free"]);
+    assert_eq!(before, listing(&p), "the refused phone was changed");
+}
+
+#[test]
+fn phonectl_error_token_missing() {
+    let rig = Rig::new();
+    let p = rig.phone("rooted-magisk");
+    let rootfs = mini_node_rootfs();
+    let before = listing(&p);
+    let mut args: Vec<String> = vec!["-s".into(), p.serial()];
+    args.extend(rig.enroll_args("phone-1", &rootfs));
+    let i = args.iter().position(|a| a == "--token-file").unwrap();
+    args[i + 1] = rig.dir.path().join("no-such-token").display().to_string();
+    let o = rig.cmd().args(&args).output().unwrap();
+    user_error(&o, 2, &["token", "no-such-token"]);
+    assert_eq!(before, listing(&p));
+}
+
+#[test]
+fn phonectl_error_no_node_config_and_no_name() {
+    let rig = Rig::new();
+    let p = rig.phone("rooted-magisk");
+    let rootfs = mini_node_rootfs();
+    let before = listing(&p);
+    let mut args: Vec<String> = vec!["-s".into(), p.serial()];
+    args.extend(rig.enroll_args("phone-1", &rootfs));
+    let i = args.iter().position(|a| a == "--config").unwrap();
+    args.drain(i..i + 2);
+    let o = rig.cmd().args(&args).output().unwrap();
+    user_error(&o, 2, &[&p.serial(), "--name"]);
+    assert_eq!(before, listing(&p));
+}
+
+#[test]
+fn phonectl_completions_and_man_pages() {
+    let o = Command::new(phonectl_bin())
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("enroll"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(phonectl_bin())
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for page in ["phonectl.1", "phonectl-enroll.1", "phonectl-doctor.1"] {
+        let t = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(t.contains(".TH"), "{page}");
+    }
+}

@@ -24,6 +24,8 @@ echo "node-runtime through binfmt: $("$bin" --version)"
 
 phase "tests (unit, integration, end-to-end tiers)"
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
+# The end-to-end tests run the real binaries (phonectl, imagegen): build them once, up front.
+cargo build --workspace --bins --locked
 cargo nextest run --workspace --locked --profile ci
 
 phase "done in $(($(date +%s) - started))s"

@@ -2,7 +2,7 @@
 //! dropped elsewhere (e.g. on a Pi's FAT boot partition) is moved into place with mode 0600.
 //! Nothing here ever prints the token's value.
 
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// What is wrong with the token file.
@@ -91,35 +91,15 @@ pub fn take_token_drop(drop: &Path, token_file: &Path) -> Result<bool, TokenErro
     if trimmed.is_empty() {
         return Err(TokenError::Empty(drop.to_owned()));
     }
-    if let Some(dir) = token_file.parent() {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-    }
-    let mut name = std::ffi::OsString::from(".");
-    name.push(token_file.file_name().unwrap_or_default());
-    name.push(".new");
-    let tmp = token_file.with_file_name(name);
-    let _ = std::fs::remove_file(&tmp);
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // The umask cannot widen 0600, but a pre-set ACL default could: set it explicitly.
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(trimmed.as_bytes())?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, token_file)
-    };
-    if let Err(source) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(TokenError::Io {
-            path: token_file.to_owned(),
-            source,
-        });
-    }
+    // Written to a temp file with mode 0600, then renamed: a crash leaves the old file or the new.
+    bootstrap::token::write_secret_file(token_file, &bootstrap::token::Secret::new(trimmed))
+        .map_err(|e| match e {
+            bootstrap::token::TokenError::Write { path, source } => TokenError::Io { path, source },
+            other => TokenError::Io {
+                path: token_file.to_owned(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        })?;
     std::fs::remove_file(drop).map_err(io(drop))?;
     Ok(true)
 }

@@ -1,4 +1,4 @@
-//! Real Debian arm64 packages as test material, fetched through the host's own apt configuration
+//! Real Debian arm64 (and armhf) packages as test material, fetched through the host's own apt configuration
 //! (`apt-get download`, so no mirror is named here) and cached under the target dir.
 
 use crate::util::cache_dir;
@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Holds an exclusive `flock` on a file until dropped; serialises cache fills across test processes.
-struct FileLock(#[allow(dead_code)] std::fs::File);
+pub(crate) struct FileLock(#[allow(dead_code)] std::fs::File);
 
 impl FileLock {
-    fn acquire(path: &Path) -> FileLock {
+    /// Blocks until the lock on `path` (created if missing) is ours.
+    pub(crate) fn acquire(path: &Path) -> FileLock {
         let file = std::fs::File::create(path).expect("create lock file");
         // SAFETY: flock on a descriptor we own; the lock is released when the file is closed.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
@@ -21,32 +22,39 @@ impl FileLock {
 
 /// The `.deb` of `package` for arm64 (e.g. `busybox-static`), downloaded once.
 pub fn arm64_deb(package: &str) -> PathBuf {
+    deb(package, "arm64")
+}
+
+/// The `.deb` of `package` for the Debian architecture `arch`, downloaded once.
+pub fn deb(package: &str, arch: &str) -> PathBuf {
     let dir = cache_dir("debs");
     let _lock = FileLock::acquire(&dir.join(".lock"));
-    if let Some(found) = find_deb(&dir, package) {
+    if let Some(found) = find_deb(&dir, package, arch) {
         return found;
     }
     let out = Command::new("apt-get")
-        .args(["download", "-q", &format!("{package}:arm64")])
+        .args(["download", "-q", &format!("{package}:{arch}")])
         .current_dir(&dir)
         .output()
         .expect("run apt-get download");
     assert!(
         out.status.success(),
-        "apt-get download {package}:arm64 failed (run scripts/setup.sh first): {}",
+        "apt-get download {package}:{arch} failed (scripts/setup.sh adds the arm64 and armhf \
+         architectures): {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    find_deb(&dir, package).unwrap_or_else(|| panic!("{package} .deb not found after download"))
+    find_deb(&dir, package, arch)
+        .unwrap_or_else(|| panic!("{package}:{arch} .deb not found after download"))
 }
 
-fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
+fn find_deb(dir: &Path, package: &str, arch: &str) -> Option<PathBuf> {
     let prefix = format!("{package}_");
     let mut debs: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            name.starts_with(&prefix) && name.ends_with("_arm64.deb")
+            name.starts_with(&prefix) && name.ends_with(&format!("_{arch}.deb"))
         })
         .collect();
     debs.sort();
@@ -56,10 +64,19 @@ fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
 /// The files of the arm64 package `package`, extracted once (`dpkg-deb -x`); do not modify them:
 /// copy what you need.
 pub fn arm64_package_tree(package: &str) -> PathBuf {
-    let deb = arm64_deb(package);
+    package_tree(package, "arm64")
+}
+
+/// The files of `package` for the Debian architecture `arch`, extracted once; do not modify them.
+pub fn package_tree(package: &str, arch: &str) -> PathBuf {
+    let deb = deb(package, arch);
     let root = cache_dir("pkgtrees");
     let _lock = FileLock::acquire(&root.join(".lock"));
-    let tree = root.join(package);
+    let tree = root.join(if arch == "arm64" {
+        package.to_owned()
+    } else {
+        format!("{package}_{arch}")
+    });
     if tree.join(".complete").exists() {
         return tree;
     }

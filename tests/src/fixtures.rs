@@ -7,27 +7,14 @@
 //! - [`real_node_rootfs`]: the real thing, a Debian bookworm arm64 base from mmdebstrap (minutes
 //!   the first time, then cached) with the same overlay. For the slow tier.
 
-use crate::debian::busybox_rootfs;
+use crate::debian::{FileLock, busybox_rootfs};
 use crate::util::{aarch64_bin, cache_dir};
 use bootstrap::progress::Silent;
 use bootstrap::rootfs::{Base, BuildRequest, MmdebstrapSpec, OverlayInputs, build};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Fixed so the fixtures' bytes do not depend on the environment.
 const FIXTURE_EPOCH: u64 = 1_700_000_000;
-
-struct FileLock(#[allow(dead_code)] std::fs::File);
-
-impl FileLock {
-    fn acquire(path: &Path) -> FileLock {
-        let file = std::fs::File::create(path).expect("create lock file");
-        // SAFETY: flock on a descriptor we own; released when the file is closed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        assert_eq!(rc, 0, "flock {}", path.display());
-        FileLock(file)
-    }
-}
 
 /// Writes `dir` as an uncompressed tar with `./` paths, sorted, owners root, fixed mtimes.
 fn tar_tree(dir: &Path, out: &Path) {

@@ -70,3 +70,25 @@ pub fn aarch64_bin(name: &str) -> PathBuf {
     );
     path
 }
+
+/// The host (x86_64) binary `bin` of workspace package `package`, built once per test process
+/// (cargo is a no-op when it is current, and `scripts/test.sh` builds every binary beforehand),
+/// so a test never runs a stale binary.
+pub fn host_bin(package: &str, bin: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == bin) {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-q", "-p", package, "--bin", bin])
+            .current_dir(workspace_root())
+            .env("CARGO_TARGET_DIR", target_dir())
+            .status()
+            .expect("run cargo build");
+        assert!(
+            status.success(),
+            "cargo build -p {package} --bin {bin} failed"
+        );
+        built.push(bin.to_owned());
+    }
+    target_dir().join("debug").join(bin)
+}

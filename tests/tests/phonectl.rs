@@ -4,30 +4,16 @@
 
 use armfleet_tests::fixtures::mini_node_rootfs;
 use armfleet_tests::standin::{TOKEN, free_port, wait_for};
-use armfleet_tests::util::{aarch64_bin, target_dir, workspace_root};
+use armfleet_tests::util::aarch64_bin;
 use armfleet_tests::vphone::{AdbServer, PhoneOptions, VirtualPhone};
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The phonectl binary of this workspace, built once per test process (cargo is a no-op when it
-/// is current), so a test never runs a stale binary.
 fn phonectl_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-q", "-p", "phonectl", "--bin", "phonectl"])
-            .current_dir(workspace_root())
-            .env("CARGO_TARGET_DIR", target_dir())
-            .status()
-            .expect("run cargo build -p phonectl");
-        assert!(status.success(), "cargo build -p phonectl failed");
-        target_dir().join("debug/phonectl")
-    })
-    .clone()
+    armfleet_tests::util::host_bin("phonectl", "phonectl")
 }
 
 struct Rig {

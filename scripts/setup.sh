@@ -4,7 +4,7 @@
 # Every apt source added here reuses the mirror the machine is already configured with.
 set -euo pipefail
 
-step() { printf 'setup: %-52s '' "$1"; }
+step() { printf 'setup: %-52s ' "$1"; }
 ok() { echo "${1:-ok}"; }
 fail() { echo "FAILED"; echo "setup: $*" >&2; exit 1; }
 

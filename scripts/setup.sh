@@ -95,7 +95,7 @@ install_pkgs() { # label, apt args...
 install_pkgs "adb" adb
 install_pkgs "qemu-user-static, binfmt-support" qemu-user-static binfmt-support
 install_pkgs "aarch64 cross compiler" gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-install_pkgs "filesystem tools" e2fsprogs dosfstools mtools fdisk file util-linux
+install_pkgs "filesystem tools (+ kmod: depmod for image modules)" e2fsprogs dosfstools mtools fdisk file util-linux kmod
 install_pkgs "mmdebstrap (+ arch-test for foreign arches)" mmdebstrap arch-test
 install_pkgs "qemu-system-arm (backports, QEMU 10)" -t bookworm-backports qemu-system-arm
 install_pkgs "misc test and bench tools" python3 procps iproute2 cpio zstd xz-utils busybox time

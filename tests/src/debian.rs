@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Holds an exclusive `flock` on a file until dropped; serialises cache fills across test processes.
-pub(crate) struct FileLock(#[allow(dead_code)] std::fs::File);
+pub struct FileLock(#[allow(dead_code)] std::fs::File);
 
 impl FileLock {
     /// Blocks until the lock on `path` (created if missing) is ours.
-    pub(crate) fn acquire(path: &Path) -> FileLock {
+    pub fn acquire(path: &Path) -> FileLock {
         let file = std::fs::File::create(path).expect("create lock file");
         // SAFETY: flock on a descriptor we own; the lock is released when the file is closed.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };

@@ -104,3 +104,23 @@ pub fn real_node_rootfs_build() -> bootstrap::rootfs::Built {
     };
     build(&req, &Silent).unwrap_or_else(|e| panic!("building the real node rootfs: {e}"))
 }
+
+/// The embedded default topology with its k3s download pointed at a closed port on 127.0.0.1:
+/// tests build real images and configs from the default lab, but never reach past this machine.
+pub fn offline_topology() -> PathBuf {
+    let text = bootstrap::topology::DEFAULT_TOPOLOGY;
+    let start = text
+        .find("https://github.com/")
+        .expect("the default topology pins a k3s URL");
+    let end = start + text[start..].find('"').expect("quoted URL");
+    let offline = format!(
+        "{}http://127.0.0.1:9/k3s-arm64{}",
+        &text[..start],
+        &text[end..]
+    );
+    let path = cache_dir("topology").join("offline-default.toml");
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, offline).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}

@@ -111,11 +111,11 @@ impl QemuBoot {
                 .arg("-drive")
                 .arg(format!("file={},format=raw,if=none,id=d0", disk.display()))
                 .args(["-device", "virtio-blk-pci,drive=d0"])
-                // A NIC (user networking, nothing reachable) so eth0 exists and systemd's
-                // network-online.target is reached as on a cabled Pi.
+                // A NIC so eth0 exists and systemd's network-online.target is reached as on a
+                // cabled Pi; restrict=on: the guest reaches nothing outside itself.
                 .args([
                     "-netdev",
-                    "user,id=n0",
+                    "user,id=n0,restrict=on",
                     "-device",
                     "virtio-net-pci,netdev=n0,romfile=",
                 ]);

@@ -2,39 +2,21 @@
 //! packages, checked with independent tools (sfdisk, fsck.vfat, e2fsck, debugfs, mtools); flashing
 //! to files and loop devices; every refusal and every user error.
 
+use armfleet_tests::debian::FileLock;
 use armfleet_tests::fixtures::mini_node_rootfs;
-use armfleet_tests::util::{cache_dir, target_dir, workspace_root};
-use std::os::fd::AsRawFd;
+use armfleet_tests::util::cache_dir;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const TOKEN: &str =
     "K10aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa::server:s3cr3tjointoken";
 
-struct Lock(#[allow(dead_code)] std::fs::File);
-fn lock(path: &Path) -> Lock {
-    let f = std::fs::File::create(path).unwrap();
-    // SAFETY: flock on a descriptor we own.
-    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
-    Lock(f)
+fn lock(path: &Path) -> FileLock {
+    FileLock::acquire(path)
 }
 
-/// The imagegen binary of this workspace, built once per test process (a no-op when fresh).
 fn imagegen_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let _l = lock(&target_dir().join("imagegen-bin.lock"));
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let st = Command::new(cargo)
-                .args(["build", "-q", "-p", "imagegen", "--bin", "imagegen"])
-                .current_dir(workspace_root())
-                .status()
-                .expect("cargo build imagegen");
-            assert!(st.success(), "building imagegen failed");
-            target_dir().join("debug/imagegen")
-        })
-        .clone()
+    armfleet_tests::util::host_bin("imagegen", "imagegen")
 }
 
 /// imagegen with the shared boot-asset cache (fetched once through apt for all tests).
@@ -47,7 +29,10 @@ fn imagegen_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.args(args)
         .env("ARMFLEET_CACHE_DIR", cache_dir("imagegen-cache"))
         .env_remove("K3S_TOKEN")
-        .env_remove("ARMFLEET_TOPOLOGY")
+        .env(
+            "ARMFLEET_TOPOLOGY",
+            armfleet_tests::fixtures::offline_topology(),
+        )
         .env("ARMFLEET_WIFI_INFRA_PSK", "lab-wifi-passphrase")
         .env("SOURCE_DATE_EPOCH", "1704067200")
         .stdin(std::process::Stdio::null());

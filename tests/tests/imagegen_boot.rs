@@ -8,20 +8,13 @@
 //!   mmc) of the initramfs is proven up to systemd running from the SD card's root partition.
 
 use armfleet_tests::qemu::{Machine, QemuBoot};
-use armfleet_tests::util::{cache_dir, target_dir, workspace_root};
+use armfleet_tests::util::cache_dir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn imagegen_bin() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = Command::new(cargo)
-        .args(["build", "-q", "-p", "imagegen", "--bin", "imagegen"])
-        .current_dir(workspace_root())
-        .status()
-        .expect("cargo build imagegen");
-    assert!(st.success());
-    target_dir().join("debug/imagegen")
+    armfleet_tests::util::host_bin("imagegen", "imagegen")
 }
 
 fn build(board: &str, dir: &Path, rootfs: &Path) -> PathBuf {
@@ -45,7 +38,10 @@ fn build(board: &str, dir: &Path, rootfs: &Path) -> PathBuf {
         .arg(armfleet_tests::util::aarch64_bin("k3s-standin"))
         .env("ARMFLEET_CACHE_DIR", cache_dir("imagegen-cache"))
         .env("ARMFLEET_WIFI_INFRA_PSK", "lab-wifi-passphrase")
-        .env_remove("ARMFLEET_TOPOLOGY")
+        .env(
+            "ARMFLEET_TOPOLOGY",
+            armfleet_tests::fixtures::offline_topology(),
+        )
         .output()
         .unwrap();
     assert!(

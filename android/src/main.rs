@@ -658,31 +658,7 @@ fn man(dir: Option<&Path>) -> Result<(), Failure> {
 // ---- enroll ----
 
 fn resolve_node_runtime(flag: Option<PathBuf>) -> Result<PathBuf, Failure> {
-    if let Some(p) = flag {
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(usage(format!(
-                "--node-runtime {}: no such file",
-                p.display()
-            )))
-        };
-    }
-    let mut tried = Vec::new();
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(dir) = exe.parent()
-    {
-        tried.push(dir.join("node-runtime-aarch64"));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        tried.push(PathBuf::from(home).join(".cache/armfleet/node-runtime-aarch64"));
-    }
-    tried.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-        usage(format!(
-            "no aarch64 node-runtime found (tried {}): pass --node-runtime PATH (build it with scripts/cross-build.sh)",
-            tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-        ))
-    })
+    bootstrap::cache::find_node_runtime(flag.as_deref()).map_err(usage)
 }
 
 /// The join token: --token-file, --token-env, else the topology's `cluster.token` source.

@@ -132,6 +132,49 @@ pub fn fetch_k3s(
     Ok(fetch_into(&dir, &url, sha256, progress)?)
 }
 
+/// File name of the static aarch64 node-runtime when it sits next to the laptop tools or in the cache.
+pub const NODE_RUNTIME_FILE: &str = "node-runtime-aarch64";
+
+/// Finds the static aarch64 `node-runtime` that `phonectl` pushes and `imagegen` bakes in:
+/// `explicit` (a flag or `ARMFLEET_NODE_RUNTIME`), else `node-runtime-aarch64` next to the running
+/// binary, else the cross-build output of a source checkout
+/// (`<target>/aarch64-unknown-linux-musl/release/node-runtime` beside `<target>/release/`), else
+/// `<cache>/node-runtime-aarch64`. The error lists where it looked and how to get one.
+pub fn find_node_runtime(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p.to_owned())
+        } else {
+            Err(format!(
+                "node-runtime {}: no such file (build it with scripts/cross-build.sh)",
+                p.display()
+            ))
+        };
+    }
+    let mut tried = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        tried.push(dir.join(NODE_RUNTIME_FILE));
+        if let Some(target) = dir.parent() {
+            tried.push(target.join("aarch64-unknown-linux-musl/release/node-runtime"));
+        }
+    }
+    if let Ok(cache) = cache_root() {
+        tried.push(cache.join(NODE_RUNTIME_FILE));
+    }
+    tried.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
+        format!(
+            "no aarch64 node-runtime found (tried {}): build it with scripts/cross-build.sh, or pass --node-runtime PATH",
+            tried
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

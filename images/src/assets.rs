@@ -75,14 +75,8 @@ pub struct BootAssets {
 /// Armfleet's cache directory: `$ARMFLEET_CACHE_DIR`, else `$XDG_CACHE_HOME/armfleet`, else
 /// `~/.cache/armfleet`.
 pub fn cache_root() -> PathBuf {
-    if let Some(d) = std::env::var_os("ARMFLEET_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("armfleet");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".cache/armfleet")
+    // The same cache as every armfleet tool; with no HOME at all, fall back to root's.
+    bootstrap::cache::cache_root().unwrap_or_else(|_| PathBuf::from("/root/.cache/armfleet"))
 }
 
 impl AssetSource {

@@ -49,9 +49,14 @@ struct BuildArgs {
     /// A directory of Debian .deb files to take the boot assets from instead of apt.
     #[arg(long, value_name = "DIR")]
     boot_assets: Option<PathBuf>,
-    /// The node rootfs tarball (default: the cached one from `bootstrap rootfs`).
+    /// The node rootfs tarball (default: the node rootfs built from Debian with mmdebstrap and
+    /// node-runtime, cached by the hash of its inputs: minutes the first time, then a hash check).
     #[arg(long, value_name = "TAR.GZ")]
     rootfs: Option<PathBuf>,
+    /// The static aarch64 node-runtime for the default rootfs (default: next to imagegen, the
+    /// cross-build output of this checkout, or the cache).
+    #[arg(long, value_name = "PATH", env = "ARMFLEET_NODE_RUNTIME")]
+    node_runtime: Option<PathBuf>,
     /// File holding the k3s join token, baked in with mode 0600 (else drop it on the boot partition later).
     #[arg(long, value_name = "F")]
     token_file: Option<PathBuf>,
@@ -325,6 +330,7 @@ fn build(board_name: &str, a: BuildArgs) -> Result<(), Failure> {
     let board = Board::by_name(board_name)?;
     let planned = imagegen::topology::plan_for(&board, a.host.as_deref(), a.topology.as_deref())?;
     let host = planned.plan;
+    let bars = Bars::new();
     let size = a
         .size
         .as_deref()
@@ -332,7 +338,7 @@ fn build(board_name: &str, a: BuildArgs) -> Result<(), Failure> {
         .transpose()?;
     let rootfs = match a.rootfs {
         Some(r) => r,
-        None => imagegen::topology::default_rootfs()?,
+        None => imagegen::topology::default_rootfs(a.node_runtime.as_deref(), &bars)?,
     };
     let mut token_note = None;
     let token = match &a.token_file {
@@ -364,7 +370,6 @@ fn build(board_name: &str, a: BuildArgs) -> Result<(), Failure> {
         epoch,
         tmp_dir: None,
     };
-    let bars = Bars::new();
     let s = imagegen::build::build(&opts, &bars)?;
     if a.json {
         print_out(&format!("{}\n", serde_json::to_string_pretty(&s).unwrap()));

@@ -13,8 +13,8 @@ use bootstrap::progress::Silent;
 use bootstrap::rootfs::{Base, BuildRequest, MmdebstrapSpec, OverlayInputs, build};
 use std::path::{Path, PathBuf};
 
-/// Fixed so the fixtures' bytes do not depend on the environment.
-const FIXTURE_EPOCH: u64 = 1_700_000_000;
+/// Fixed so the fixtures' bytes do not depend on the environment (`SOURCE_DATE_EPOCH` of the real rootfs).
+pub const FIXTURE_EPOCH: u64 = 1_700_000_000;
 
 /// Writes `dir` as an uncompressed tar with `./` paths, sorted, owners root, fixed mtimes.
 fn tar_tree(dir: &Path, out: &Path) {

@@ -650,9 +650,13 @@ impl Loop {
     }
 
     fn mount(&mut self, dev: &str) {
-        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(dev));
+        // No lazy init and a read-only mount: the kernel then writes nothing to the device by
+        // itself, so "the device is unchanged" measures only what imagegen did.
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+            .arg(dev));
         let mp = tempfile::tempdir().unwrap().keep();
-        run(Command::new("mount").arg(dev).arg(&mp));
+        run(Command::new("mount").args(["-o", "ro"]).arg(dev).arg(&mp));
         self.mounts.push(mp);
     }
 }

@@ -132,3 +132,69 @@ fn rpi3a_image_boots_from_the_sd_card_on_qemu_raspi3b() {
 fn warm_real_rootfs() {
     println!("{}", armfleet_tests::fixtures::real_node_rootfs().display());
 }
+
+/// The README's command for a new user: `imagegen rpi4` with no `--rootfs` builds the node rootfs
+/// itself (mmdebstrap base + the cross-built node-runtime found beside the checkout's binaries),
+/// cached by its inputs. Pointed at the real-rootfs fixture's cache, whose inputs are the same, it
+/// must find that build instead of running mmdebstrap again, and make a complete image from it.
+#[test]
+fn slow_imagegen_without_rootfs_builds_and_reuses_the_node_rootfs() {
+    let fixture = armfleet_tests::fixtures::real_node_rootfs_build();
+    let cache = cache_dir("node-rootfs-real").join("cache");
+    let builds = || -> Vec<std::path::PathBuf> {
+        let mut dirs: Vec<_> = std::fs::read_dir(cache.join("rootfs"))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        dirs.sort();
+        dirs
+    };
+    let before = builds();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rpi4-2.img");
+    let started = Instant::now();
+    let o = Command::new(imagegen_bin())
+        .args(["rpi4", "-o"])
+        .arg(&out)
+        .env("ARMFLEET_CACHE_DIR", &cache)
+        .env(
+            "ARMFLEET_TOPOLOGY",
+            armfleet_tests::fixtures::offline_topology(),
+        )
+        .env("ARMFLEET_WIFI_INFRA_PSK", "lab-wifi-passphrase")
+        .env(
+            "SOURCE_DATE_EPOCH",
+            armfleet_tests::fixtures::FIXTURE_EPOCH.to_string(),
+        )
+        .env_remove("ARMFLEET_NODE_RUNTIME")
+        .env_remove("K3S_TOKEN")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "imagegen rpi4: {said}");
+    assert!(
+        out.exists() && out.with_extension("img.bmap").exists(),
+        "{said}"
+    );
+    // The node rootfs was the fixture's own build, found by its input hash: no new rootfs dir.
+    assert_eq!(builds(), before, "a second node rootfs was built: {said}");
+    assert!(before.contains(&fixture.tarball.parent().unwrap().to_owned()));
+    // No token at build time is not an error: the summary says where to drop it.
+    assert!(said.contains("armfleet-token"), "{said}");
+    let inspect = Command::new(imagegen_bin())
+        .arg("inspect")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&inspect.stdout);
+    assert!(inspect.status.success(), "{shown}");
+    assert!(shown.contains("rpi4-2"), "{shown}");
+    eprintln!(
+        "image from the cached node rootfs in {:?}",
+        started.elapsed()
+    );
+}

@@ -127,12 +127,6 @@ fn rpi3a_image_boots_from_the_sd_card_on_qemu_raspi3b() {
     );
 }
 
-#[test]
-#[ignore = "builds the fixture ahead of the boot tests"]
-fn warm_real_rootfs() {
-    println!("{}", armfleet_tests::fixtures::real_node_rootfs().display());
-}
-
 /// The README's command for a new user: `imagegen rpi4` with no `--rootfs` builds the node rootfs
 /// itself (mmdebstrap base + the cross-built node-runtime found beside the checkout's binaries),
 /// cached by its inputs. Pointed at the real-rootfs fixture's cache, whose inputs are the same, it

@@ -789,8 +789,12 @@ fn phone_chroot_mounts_inside_only_and_nothing_leaks() {
         std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(),
         host_name
     );
-    // The status file is on disk, readable from outside the namespace.
-    let st = node_runtime::status::read(&root.join("var/lib/armfleet/status.json")).unwrap();
+    // The status file is on disk, readable from outside the namespace. The supervisor writes it
+    // right after starting the agent, so it may trail the stand-in's own record by a moment.
+    let status_path = root.join("var/lib/armfleet/status.json");
+    let st = wait_for("status file", Duration::from_secs(30), || {
+        node_runtime::status::read(&status_path).ok()
+    });
     assert_eq!(st.node_name, "phone-7");
     let out = Command::new(aarch64_bin("node-runtime"))
         .args(["status", "--config"])

@@ -97,6 +97,16 @@ install_pkgs "qemu-user-static, binfmt-support" qemu-user-static binfmt-support
 install_pkgs "aarch64 cross compiler" gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 install_pkgs "filesystem tools (+ kmod: depmod for image modules)" e2fsprogs dosfstools mtools fdisk file util-linux kmod
 install_pkgs "mmdebstrap (+ arch-test for foreign arches)" mmdebstrap arch-test
+# imagegen writes the ext4 root with `mke2fs -d ROOTFS.tar`: e2fsprogs >= 1.47.1 (bookworm has
+# 1.47.0; backports has 1.47.2), which reads tar through libarchive, loaded at run time.
+install_pkgs "libarchive13 (mke2fs reads tar through it)" libarchive13
+step "e2fsprogs >= 1.47.1 (mke2fs -d reads tar)"
+e2fs_version=$(dpkg-query -W -f='${Version}' e2fsprogs 2>/dev/null || true)
+if dpkg --compare-versions "${e2fs_version:-0}" ge 1.47.1; then ok "$e2fs_version"; else
+  apt-get install -y -qq --no-install-recommends -t bookworm-backports e2fsprogs >/tmp/armfleet-apt.log 2>&1 ||
+    { tail -n 20 /tmp/armfleet-apt.log >&2; fail "apt-get install -t bookworm-backports e2fsprogs failed (log above)"; }
+  ok "$(dpkg-query -W -f='${Version}' e2fsprogs) (was ${e2fs_version:-none})"
+fi
 install_pkgs "qemu-system-arm (backports, QEMU 10)" -t bookworm-backports qemu-system-arm
 install_pkgs "misc test and bench tools" python3 procps iproute2 cpio zstd xz-utils busybox time
 

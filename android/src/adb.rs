@@ -184,6 +184,17 @@ pub fn parse_devices_l(text: &str) -> Vec<DeviceEntry> {
     out
 }
 
+/// How long a network phone gets to come back (e.g. still booting) before it counts as gone.
+const RECONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// True for a network serial `HOST:PORT` (an `adb connect`ed phone), which adb can reconnect;
+/// USB serials and emulators (`emulator-5554`) have no port part.
+fn network_serial(serial: &str) -> bool {
+    serial
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
 /// A connection point to an adb server on 127.0.0.1.
 #[derive(Debug, Clone)]
 pub struct AdbServer {
@@ -289,8 +300,19 @@ impl AdbServer {
     }
 
     /// Chooses the device: `serial` when given (must be attached and ready), else the only one.
+    /// A network serial (`HOST:PORT`, a phone on `adb connect`) that is missing or offline, as
+    /// after the phone rebooted, is reconnected first.
     pub fn select(&self, serial: Option<&str>) -> Result<AdbDevice, AdbError> {
-        let devices = self.devices()?;
+        let mut devices = self.devices()?;
+        if let Some(s) = serial
+            && network_serial(s)
+            && devices
+                .iter()
+                .find(|d| d.serial == s)
+                .is_none_or(|d| d.state == "offline")
+        {
+            devices = self.reconnect(s, RECONNECT_WAIT)?;
+        }
         let entry = match serial {
             Some(s) => devices
                 .iter()
@@ -311,6 +333,28 @@ impl AdbServer {
             },
         };
         self.device(&entry)
+    }
+
+    /// `host:connect:HOST:PORT` (what `adb connect` sends), then waits up to `wait` for the
+    /// device to be ready. Returns the device list as it then is; the caller judges the state.
+    pub fn reconnect(&self, serial: &str, wait: Duration) -> Result<Vec<DeviceEntry>, AdbError> {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            let mut c = self.open(serial)?;
+            c.request(&format!("host:connect:{serial}"))?;
+            // "connected to ..." or "failed to connect to ...": the list below is the judge.
+            let _ = c.read_len_prefixed()?;
+            let devices = self.devices()?;
+            // Settled states only (unauthorized too: the caller says what to do); "connecting"
+            // and "authorizing" pass within the wait.
+            let ready = devices.iter().any(|d| {
+                d.serial == serial && matches!(d.state.as_str(), "device" | "unauthorized")
+            });
+            if ready || std::time::Instant::now() >= until {
+                return Ok(devices);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
     }
 
     /// A handle on an attached device; fails unless its state is `device`.
@@ -818,6 +862,16 @@ mod tests {
         );
         let other = server.device(&entry("recovery")).unwrap_err().to_string();
         assert!(other.contains("`recovery`"), "{other}");
+    }
+
+    #[test]
+    fn network_serials_are_host_and_port() {
+        assert!(network_serial("127.0.0.1:5555"));
+        assert!(network_serial("phone.lan:40123"));
+        assert!(!network_serial("1A2B3C4D5E6F7081"));
+        assert!(!network_serial("emulator-5554"));
+        assert!(!network_serial(":5555"));
+        assert!(!network_serial("host:adb"));
     }
 
     #[test]

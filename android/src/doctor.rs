@@ -49,6 +49,9 @@ pub struct Facts {
     /// `/proc/config.gz` as read (root when available), or why it could not be read.
     #[serde(skip)]
     pub config_gz: Result<Vec<u8>, String>,
+    /// The kernel modules the phone has, when its module directories could be listed.
+    #[serde(skip)]
+    pub modules: Option<ModuleListing>,
     /// The cgroup mounts found in /proc/mounts: mount point → fs type and options.
     pub cgroup_mounts: Vec<(String, String, String)>,
     /// Free bytes on /data, when `stat -f` answered.
@@ -82,7 +85,11 @@ pub fn probe(dev: &dyn Device) -> Result<Facts, AdbError> {
     // Independent read-only commands, run concurrently (each is one adb round trip and one
     // process start on the phone: latency, not bandwidth, is what costs).
     let root_config = as_root("cat /proc/config.gz");
-    let cmds: [&str; 9] = [
+    let module_files = as_root(&format!(
+        "find {} -name '*.ko*' 2>/dev/null",
+        MODULE_DIRS.join(" ")
+    ));
+    let cmds: [&str; 11] = [
         "getprop",
         "uname -r -m",
         &as_root("id -u"),
@@ -92,6 +99,8 @@ pub fn probe(dev: &dyn Device) -> Result<Facts, AdbError> {
         "cat /proc/mounts",
         "stat -f -c '%a %S' /data",
         "cat /sys/class/power_supply/battery/capacity /sys/class/power_supply/battery/status",
+        &module_files,
+        "cat /proc/modules",
     ];
     let outs: Vec<Result<ShellOutput, AdbError>> = std::thread::scope(|s| {
         let hs: Vec<_> = cmds.iter().map(|c| s.spawn(move || dev.shell(c))).collect();
@@ -167,6 +176,18 @@ pub fn probe(dev: &dyn Device) -> Result<Facts, AdbError> {
     let battery_percent = bat_lines.next().and_then(|l| l.trim().parse().ok());
     let battery_status = bat_lines.next().map(|l| l.trim().to_owned());
 
+    // find exits non-zero when one of the directories does not exist: judge by what it printed.
+    let files = String::from_utf8_lossy(&next()?.stdout).into_owned();
+    let loaded = next()?;
+    let modules = files.contains(".ko").then(|| ModuleListing {
+        files,
+        loaded: if loaded.success() {
+            loaded.out()
+        } else {
+            String::new()
+        },
+    });
+
     Ok(Facts {
         serial: dev.serial().to_owned(),
         model: prop("ro.product.model"),
@@ -178,6 +199,7 @@ pub fn probe(dev: &dyn Device) -> Result<Facts, AdbError> {
         root,
         selinux,
         config_gz,
+        modules,
         cgroup_mounts,
         data_free,
         battery_percent,
@@ -252,10 +274,45 @@ pub struct KernelMissing {
     pub required: Vec<String>,
     /// Optional options not set.
     pub optional: Vec<String>,
+    /// Of those, the ones built as a module (`=m`) that is not on the phone: option → module.
+    pub not_shipped: BTreeMap<String, String>,
 }
 
-/// Checks a kernel config text (what `/proc/config.gz` holds, un-gzipped).
-pub type KernelChecker = fn(&[u8]) -> Result<KernelMissing, String>;
+impl KernelMissing {
+    fn describe(&self, names: &[String]) -> String {
+        names
+            .iter()
+            .map(|n| match self.not_shipped.get(n) {
+                Some(m) => format!("{n} (=m, but {m}.ko is not on the phone)"),
+                None => n.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Where Android keeps kernel modules: GKI's own (`system_dlkm`), the vendor's, and the
+/// recovery/first-stage location.
+pub const MODULE_DIRS: &[&str] = &[
+    "/system_dlkm/lib/modules",
+    "/vendor_dlkm/lib/modules",
+    "/vendor/lib/modules",
+    "/odm/lib/modules",
+    "/lib/modules",
+];
+
+/// The phone's kernel modules as listed on it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModuleListing {
+    /// `find MODULE_DIRS -name '*.ko*'` output.
+    pub files: String,
+    /// `/proc/modules`.
+    pub loaded: String,
+}
+
+/// Checks a kernel config (what `/proc/config.gz` holds, gzipped) against the phone's modules
+/// when they could be listed (a `=m` option counts only when its module is there).
+pub type KernelChecker = fn(&[u8], Option<&ModuleListing>) -> Result<KernelMissing, String>;
 
 /// Judges the facts. `need_bytes`: free space on /data that enrolment needs.
 pub fn assess(facts: &Facts, need_bytes: u64, kernel: KernelChecker) -> Report {
@@ -360,7 +417,7 @@ pub fn assess(facts: &Facts, need_bytes: u64, kernel: KernelChecker) -> Report {
                 "a kernel built without CONFIG_IKCONFIG_PROC cannot be checked; if k3s fails, see PHONES.md (kernels)",
             ),
         ),
-        Ok(gz) => match kernel(gz) {
+        Ok(gz) => match kernel(gz, facts.modules.as_ref()) {
             Err(why) => item(
                 "kernel",
                 Verdict::Warn,
@@ -378,7 +435,7 @@ pub fn assess(facts: &Facts, need_bytes: u64, kernel: KernelChecker) -> Report {
                         format!(
                             "{}: missing required options: {}",
                             facts.kernel_release,
-                            missing.required.join(" ")
+                            missing.describe(&missing.required)
                         ),
                         Some(
                             "this kernel cannot run k3s (a stock GKI kernel lacks these); flash a kernel built with them, see PHONES.md (kernels)",
@@ -391,7 +448,7 @@ pub fn assess(facts: &Facts, need_bytes: u64, kernel: KernelChecker) -> Report {
                         format!(
                             "{}: all required options; optional missing: {}",
                             facts.kernel_release,
-                            missing.optional.join(" ")
+                            missing.describe(&missing.optional)
                         ),
                         Some("k3s runs; without VXLAN use flannel host-gw or wireguard-native"),
                     )
@@ -533,6 +590,7 @@ mod tests {
             root: Root::Granted("Magisk 27.0".into()),
             selinux: Some("Enforcing".into()),
             config_gz: Ok(vec![1]),
+            modules: None,
             cgroup_mounts: vec![("/sys/fs/cgroup".into(), "cgroup2".into(), "rw".into())],
             data_free: Some(10 << 30),
             battery_percent: Some(80),
@@ -540,14 +598,45 @@ mod tests {
         }
     }
 
-    fn all_there(_: &[u8]) -> Result<KernelMissing, String> {
+    fn all_there(_: &[u8], _: Option<&ModuleListing>) -> Result<KernelMissing, String> {
         Ok(KernelMissing::default())
     }
-    fn gki(_: &[u8]) -> Result<KernelMissing, String> {
+    fn gki(_: &[u8], _: Option<&ModuleListing>) -> Result<KernelMissing, String> {
         Ok(KernelMissing {
             required: vec!["CONFIG_PID_NS".into(), "CONFIG_IPC_NS".into()],
             optional: vec!["CONFIG_VXLAN".into()],
+            not_shipped: BTreeMap::new(),
         })
+    }
+
+    #[test]
+    fn a_module_the_phone_lacks_is_named_in_the_kernel_line() {
+        fn no_br_netfilter(
+            _: &[u8],
+            modules: Option<&ModuleListing>,
+        ) -> Result<KernelMissing, String> {
+            assert!(modules.is_some_and(|m| m.files.contains("veth.ko")));
+            Ok(KernelMissing {
+                required: vec!["BRIDGE_NETFILTER".into()],
+                optional: vec![],
+                not_shipped: [("BRIDGE_NETFILTER".into(), "br_netfilter".into())].into(),
+            })
+        }
+        let mut f = facts();
+        f.modules = Some(ModuleListing {
+            files: "/vendor/lib/modules/veth.ko\n".into(),
+            loaded: String::new(),
+        });
+        let r = assess(&f, DEFAULT_NEED_BYTES, no_br_netfilter);
+        assert_eq!(r.overall, Verdict::Fail);
+        let kernel = r.items.iter().find(|i| i.name == "kernel").unwrap();
+        assert!(
+            kernel
+                .detail
+                .contains("BRIDGE_NETFILTER (=m, but br_netfilter.ko is not on the phone)"),
+            "{}",
+            kernel.detail
+        );
     }
 
     #[test]

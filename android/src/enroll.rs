@@ -2,11 +2,13 @@
 //!
 //! Every write compares hashes first, so a re-enroll with nothing changed sends almost nothing.
 //! Root work goes through `su -c`: adbd runs as the shell user, which can write only to
-//! /data/local/tmp. Secrets and file contents are fed through the stdin of `su -c 'cat > F.new'`
-//! and renamed into place, so the token never appears on a command line and a cut connection
-//! leaves only a `.new` file, never a truncated real one. The rootfs is streamed into
-//! `node-runtime unpack --sha256`, which swaps it in only after the whole archive arrived and
-//! matched its hash: a cable pulled mid-push leaves the old rootfs in place.
+//! /data/local/tmp. Secrets and file contents are fed through the stdin of one `su -c` (each
+//! file cut to its length by `dd bs=1 count=N of=F.new`) and renamed into place, so the token
+//! never appears on a command line and a cut connection leaves only `.new` files, never a
+//! truncated real one. The rootfs is streamed into `node-runtime unpack --sha256`, which swaps it
+//! in only after the whole archive arrived and matched its hash: a cable pulled mid-push leaves
+//! the old rootfs in place. Streaming (rather than pushing the tarball, then unpacking it) lets
+//! the unpack run during the transfer, which over USB is the slow part.
 
 use crate::adb::{AdbDevice, AdbError};
 use crate::device::{Device, ShellOutput, as_root, sh_quote};
@@ -144,6 +146,60 @@ pub struct EnrollSummary {
     pub seconds: f64,
     /// Doctor warnings (and failures overridden by --force).
     pub warnings: Vec<String>,
+    /// Wall time of each step in order, seconds (the profile `scripts/bench.d/phonectl.sh` prints).
+    pub timings: Vec<(String, f64)>,
+}
+
+/// Splits an enroll's wall time into named laps.
+struct Laps {
+    last: Instant,
+    laps: Vec<(String, f64)>,
+}
+
+impl Laps {
+    fn new() -> Laps {
+        Laps {
+            last: Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    /// Ends the current lap under `name`.
+    fn lap(&mut self, name: &str) {
+        let now = Instant::now();
+        self.laps
+            .push((name.to_owned(), (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
+}
+
+/// The refusal for a report with failing items, naming the first blocker and its fix (root first:
+/// nothing else can be fixed without it). `more` words the note on the N other failures.
+pub fn not_ready(report: Report, more: impl Fn(usize) -> String) -> PhoneError {
+    let blockers: Vec<_> = report.failures().collect();
+    let pick = blockers
+        .iter()
+        .find(|i| i.name == "root")
+        .or(blockers.first())
+        .copied();
+    let first = match pick {
+        Some(i) => match &i.fix {
+            Some(fix) => format!("{}: {}", i.detail, fix),
+            None => i.detail.clone(),
+        },
+        None => "the preflight failed".to_owned(),
+    };
+    let more = if blockers.len() > 1 {
+        more(blockers.len() - 1)
+    } else {
+        String::new()
+    };
+    PhoneError::NotReady {
+        serial: report.serial.clone(),
+        first,
+        more,
+        report: Box::new(report),
+    }
 }
 
 /// Runs `cmd` as root and fails with a message naming `what` when it exits non-zero.
@@ -171,20 +227,54 @@ pub fn write_root_file(
     mode: &str,
     content: &[u8],
 ) -> Result<(), PhoneError> {
-    let dir = Path::new(path)
-        .parent()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "/".into());
-    let tmp = format!("{path}.new");
-    let cmd = format!(
-        "umask 077 && mkdir -p {d} && cat > {t} && chmod {mode} {t} && mv -f {t} {p}",
-        d = sh_quote(&dir),
-        t = sh_quote(&tmp),
-        p = sh_quote(path)
-    );
-    let out = dev.exec(&as_root(&cmd), Some(&mut &content[..]), &mut |_| {})?;
+    write_root_files(dev, &[(path, mode, content)])
+}
+
+/// Writes several root files with one `su` (each `su` costs a round trip and a process start):
+/// the contents go one after the other through stdin, each cut to its length by `dd bs=1` (which
+/// never reads past its count, unlike buffered tools), then each is renamed into place. A cut
+/// connection leaves only `.new` files, never a truncated real one.
+pub fn write_root_files(dev: &dyn Device, files: &[(&str, &str, &[u8])]) -> Result<(), PhoneError> {
+    let mut dirs: Vec<String> = files
+        .iter()
+        .map(|(path, _, _)| {
+            Path::new(path)
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "/".into())
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let dirs: Vec<String> = dirs.iter().map(|d| sh_quote(d)).collect();
+    let mut cmd = format!("umask 077 && mkdir -p {}", dirs.join(" "));
+    for (path, mode, content) in files {
+        let tmp = sh_quote(&format!("{path}.new"));
+        cmd.push_str(&format!(
+            " && dd bs=1 count={n} of={tmp} 2>/dev/null && chmod {mode} {tmp}",
+            n = content.len()
+        ));
+    }
+    for (path, _, _) in files {
+        cmd.push_str(&format!(
+            " && mv -f {} {}",
+            sh_quote(&format!("{path}.new")),
+            sh_quote(path)
+        ));
+    }
+    let input: Vec<u8> = files
+        .iter()
+        .flat_map(|(_, _, c)| c.iter().copied())
+        .collect();
+    let out = dev.exec(&as_root(&cmd), Some(&mut &input[..]), &mut |_| {})?;
     if !out.success() {
-        return Err(remote(dev, &format!("writing {path}"), &out, ""));
+        let names: Vec<&str> = files.iter().map(|(p, _, _)| *p).collect();
+        return Err(remote(
+            dev,
+            &format!("writing {}", names.join(", ")),
+            &out,
+            "",
+        ));
     }
     Ok(())
 }
@@ -309,10 +399,12 @@ pub fn enroll(
     let service_path = format!("{}/service.sh", layout::MODULE_DIR);
     let mut changed = Vec::new();
     let mut unchanged = Vec::new();
+    let mut laps = Laps::new();
 
     // What is there already (read-only): decides the space needed and what to send.
     step(progress, "inspect", None);
     let facts = doctor::probe(dev)?;
+    laps.lap("doctor probe");
     let rooted = matches!(facts.root, doctor::Root::Granted(_));
     let have = if rooted {
         remote_hashes(
@@ -330,6 +422,7 @@ pub fn enroll(
     } else {
         BTreeMap::new()
     };
+    laps.lap("remote hashes");
     let same = |path: &str, want: &str| have.get(path).map(String::as_str) == Some(want);
     let rootfs_marker = format!("{}\n", spec.rootfs_sha256);
     let rootfs_current = same(layout::ROOTFS_SHA, &sha256_hex(rootfs_marker.as_bytes()));
@@ -360,41 +453,21 @@ pub fn enroll(
         .filter(|i| i.verdict != Verdict::Ok)
         .map(|i| format!("{}: {}", i.name, i.detail))
         .collect();
-    let blockers: Vec<_> = report.failures().collect();
+    let blockers = report.failures().count();
     // No root cannot be forced: nothing below can be done without it.
-    let root_blocks = !rooted;
-    if !blockers.is_empty() && (!spec.force || root_blocks) {
-        let pick = if root_blocks {
-            report.items.iter().find(|i| i.name == "root").unwrap()
-        } else {
-            blockers[0]
-        };
-        let first = match &pick.fix {
-            Some(fix) => format!("{}: {}", pick.detail, fix),
-            None => pick.detail.clone(),
-        };
-        let more = if blockers.len() > 1 {
-            format!(
-                " (and {} more: run `phonectl doctor -s {serial}`; --force skips the check)",
-                blockers.len() - 1
-            )
-        } else {
-            String::new()
-        };
-        return Err(PhoneError::NotReady {
-            serial,
-            first,
-            more,
-            report: Box::new(report),
-        });
+    if blockers > 0 && (!spec.force || !rooted) {
+        return Err(not_ready(report, |n| {
+            format!(" (and {n} more: run `phonectl doctor -s {serial}`; --force skips the check)")
+        }));
     }
-    if !blockers.is_empty() {
+    if blockers > 0 {
         progress.event(Event::Note(format!(
             "{serial}: --force: going on despite: {}",
             warnings.join("; ")
         )));
     }
 
+    laps.lap("assess");
     // node-runtime: pushed where the shell user may write, then moved into place as root.
     let nr_hash = sha256_file(spec.node_runtime)?;
     if same(layout::BIN, &nr_hash) {
@@ -432,6 +505,7 @@ pub fn enroll(
         changed.push("node-runtime".to_owned());
     }
 
+    laps.lap("node-runtime");
     // The rootfs: streamed straight into `node-runtime unpack`, swapped in only when complete.
     let mut token_needed = !same(&token_path, &sha256_hex(spec.token.as_bytes()));
     if rootfs_current {
@@ -447,8 +521,9 @@ pub fn enroll(
             path: spec.rootfs.to_owned(),
             source,
         })?;
+        // The marker is written by the same root shell once the unpack succeeded.
         let cmd = as_root(&format!(
-            "rm -f {m} && {b} unpack --dest {r} --sha256 {h}",
+            "rm -f {m} && {b} unpack --dest {r} --sha256 {h} && printf '%s\\n' {h} > {m}.new && chmod 0644 {m}.new && mv -f {m}.new {m}",
             m = layout::ROOTFS_SHA,
             b = layout::BIN,
             r = layout::ROOTFS,
@@ -468,13 +543,14 @@ pub fn enroll(
                 ": the previous rootfs (if any) is untouched; rerun enroll",
             ));
         }
-        write_root_file(dev, layout::ROOTFS_SHA, "0644", rootfs_marker.as_bytes())?;
         done(progress, "rootfs", doctor::human(rootfs_size));
         changed.push("rootfs".to_owned());
         // A fresh rootfs has no token in it.
         token_needed = true;
     }
 
+    laps.lap("rootfs");
+    let mut writes: Vec<(String, &str, &[u8])> = Vec::new();
     for (name, path, mode, content, need) in [
         (
             "config",
@@ -506,18 +582,32 @@ pub fn enroll(
         ),
     ] {
         if need {
-            step(progress, name, None);
-            write_root_file(dev, &path, mode, content)?;
-            done(progress, name, path.clone());
             if !changed.iter().any(|c| c == name) {
                 changed.push(name.to_owned());
             }
+            writes.push((path, mode, content));
         } else {
             skip(progress, name, "unchanged (sha256 matches)");
             if !unchanged.iter().any(|c| c == name) && !changed.iter().any(|c| c == name) {
                 unchanged.push(name.to_owned());
             }
         }
+    }
+    if !writes.is_empty() {
+        let what: Vec<&str> = changed
+            .iter()
+            .map(String::as_str)
+            .filter(|c| ["config", "token", "boot hook"].contains(c))
+            .collect();
+        let what = what.join(", ");
+        step(progress, &what, None);
+        let files: Vec<(&str, &str, &[u8])> = writes
+            .iter()
+            .map(|(p, m, c)| (p.as_str(), *m, *c))
+            .collect();
+        write_root_files(dev, &files)?;
+        let paths: Vec<&str> = writes.iter().map(|(p, _, _)| p.as_str()).collect();
+        done(progress, &what, paths.join(", "));
     }
     // An owner's earlier `phonectl stop` is undone by enroll: the worker is meant to run.
     if have.contains_key(layout::DISABLED) {
@@ -528,6 +618,7 @@ pub fn enroll(
         )?;
     }
 
+    laps.lap("config, token, boot hook");
     step(progress, "start", None);
     let status = read_status(dev)?;
     let running = status
@@ -542,9 +633,11 @@ pub fn enroll(
         start_worker(dev)?;
         done(progress, "start", String::new());
     }
+    laps.lap("start");
     step(progress, "wait", None);
     wait_running(dev, spec.wait)?;
     done(progress, "wait", "agent running".into());
+    laps.lap("wait running");
 
     Ok(EnrollSummary {
         serial,
@@ -554,6 +647,7 @@ pub fn enroll(
         bytes_sent: dev.bytes_sent() - sent0,
         seconds: started.elapsed().as_secs_f64(),
         warnings,
+        timings: laps.laps,
     })
 }
 

@@ -298,11 +298,14 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     }
                 }
             }
-            Ok(if report.overall == Verdict::Fail {
-                ExitCode::from(ExitClass::Device.code())
-            } else {
-                ExitCode::SUCCESS
-            })
+            if report.overall == Verdict::Fail {
+                // The report went to stdout; the blocker and its fix also end stderr as one line.
+                return Err(enroll::not_ready(report, |n| {
+                    format!(" (and {n} more, listed above)")
+                })
+                .into());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Enroll(args) => enroll_cmd(port, *args),
         Cmd::Status { targets, json } => status_cmd(port, &targets, json),
@@ -415,9 +418,17 @@ fn for_each(
     summarize(results)
 }
 
+/// The failure with the highest exit code (the first of equals): what a multi-phone run exits with.
+fn worst(failures: impl IntoIterator<Item = Failure>) -> Option<Failure> {
+    failures.into_iter().fold(None, |worst, f| match worst {
+        Some(w) if w.class.code() >= f.class.code() => Some(w),
+        _ => Some(f),
+    })
+}
+
 fn summarize(results: Vec<Result<String, Failure>>) -> Result<ExitCode, Failure> {
-    let mut worst: Option<Failure> = None;
     let many = results.len() > 1;
+    let mut failures = Vec::new();
     for r in results {
         match r {
             Ok(line) => println!("{line}"),
@@ -425,16 +436,11 @@ fn summarize(results: Vec<Result<String, Failure>>) -> Result<ExitCode, Failure>
                 if many {
                     eprintln!("phonectl: {}", f.message);
                 }
-                if worst
-                    .as_ref()
-                    .is_none_or(|w| f.class.code() > w.class.code())
-                {
-                    worst = Some(f);
-                }
+                failures.push(f);
             }
         }
     }
-    match worst {
+    match worst(failures) {
         None => Ok(ExitCode::SUCCESS),
         Some(f) if many => Ok(ExitCode::from(f.class.code())),
         Some(f) => Err(f),
@@ -839,16 +845,7 @@ fn enroll_cmd(port: u16, args: EnrollArgs) -> Result<ExitCode, Failure> {
 }
 
 fn summarize_quiet(results: Vec<Result<String, Failure>>) -> Result<ExitCode, Failure> {
-    let mut worst: Option<Failure> = None;
-    for f in results.into_iter().filter_map(Result::err) {
-        if worst
-            .as_ref()
-            .is_none_or(|w| f.class.code() > w.class.code())
-        {
-            worst = Some(f);
-        }
-    }
-    match worst {
+    match worst(results.into_iter().filter_map(Result::err)) {
         None => Ok(ExitCode::SUCCESS),
         Some(f) => Err(f),
     }
@@ -954,5 +951,32 @@ impl Sink {
             writeln!(std::io::stderr(), "{line}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fail(class: ExitClass, message: &str) -> Failure {
+        Failure {
+            class,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn worst_failure_is_the_highest_exit_code_and_the_first_of_equals() {
+        assert!(worst(Vec::new()).is_none());
+        let w = worst([
+            fail(ExitClass::Usage, "a"),
+            fail(ExitClass::Device, "b"),
+            fail(ExitClass::Device, "c"),
+            fail(ExitClass::Usage, "d"),
+        ])
+        .unwrap();
+        assert_eq!((w.class.code(), w.message.as_str()), (3, "b"));
+        let w = worst([fail(ExitClass::Device, "x"), fail(ExitClass::Internal, "y")]).unwrap();
+        assert_eq!(w.message, "y");
     }
 }

@@ -4,7 +4,7 @@
 use bootstrap::progress::Silent;
 use bootstrap::rootfs::{Base, BuildRequest, OverlayInputs, build};
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
@@ -315,16 +315,17 @@ fn missing_node_runtime_and_garbage_base_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base.tar");
     write_base(&base, false);
-    let req = BuildRequest {
-        base: Base::Tarball(base.clone()),
+    let request = |base: &Path, node_runtime: PathBuf| BuildRequest {
+        base: Base::Tarball(base.to_owned()),
         overlay: OverlayInputs {
-            node_runtime: dir.path().join("nope/node-runtime"),
+            node_runtime,
             k3s: None,
             epoch: 1,
         },
         cache: dir.path().join("cache"),
         refresh_base: false,
     };
+    let req = request(&base, dir.path().join("nope/node-runtime"));
     let err = build(&req, &Silent).unwrap_err().to_string();
     assert!(
         err.contains("nope/node-runtime") && err.contains("cross-build"),
@@ -334,16 +335,7 @@ fn missing_node_runtime_and_garbage_base_are_reported() {
     let junk = dir.path().join("junk.tar.gz");
     std::fs::write(&junk, b"\x1f\x8bnot really gzip").unwrap();
     std::fs::write(dir.path().join("nr"), b"x").unwrap();
-    let req = BuildRequest {
-        base: Base::Tarball(junk.clone()),
-        overlay: OverlayInputs {
-            node_runtime: dir.path().join("nr"),
-            k3s: None,
-            epoch: 1,
-        },
-        cache: dir.path().join("cache"),
-        refresh_base: false,
-    };
+    let req = request(&junk, dir.path().join("nr"));
     let err = build(&req, &Silent).unwrap_err().to_string();
     assert!(err.contains("junk.tar.gz"), "{err}");
     assert!(

@@ -9,6 +9,22 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+/// Feeds `len` bytes at `off` of `f` to every hasher.
+fn hash_span_at(f: &File, off: u64, len: u64, hashers: &mut [&mut Sha256]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let n = (buf.len() as u64).min(len - done) as usize;
+        f.read_exact_at(&mut buf[..n], off + done)?;
+        for h in hashers.iter_mut() {
+            h.update(&buf[..n]);
+        }
+        done += n as u64;
+    }
+    Ok(())
+}
+
 /// Block size of the map.
 pub const BLOCK_SIZE: u64 = 4096;
 
@@ -64,13 +80,13 @@ impl Bmap {
         Ok(Self::from_image_with_sha256(image)?.0)
     }
 
-    /// [`from_image`](Self::from_image), and the sha256 of the whole image, in one pass over
-    /// its data (holes are hashed as zeros without being read).
+    /// [`from_image`](Self::from_image), and the sha256 of the whole image. The data is read
+    /// once per hash, on two threads: one hashes each range, the other the whole image (holes
+    /// hashed as zeros without being read).
     pub fn from_image_with_sha256(image: &Path) -> Result<(Bmap, String), ImageError> {
-        let mut f = File::open(image).map_err(io(image))?;
+        let f = File::open(image).map_err(io(image))?;
         let size = f.metadata().map_err(io(image))?.len();
         let mut ranges: Vec<(u64, u64)> = Vec::new();
-        let mut buf = vec![0u8; 1 << 20];
         for (start, end) in data_segments(&f, size).map_err(io(image))? {
             // Round out to whole blocks; neighbouring segments that touch the same block merge.
             let first = start / BLOCK_SIZE;
@@ -80,42 +96,55 @@ impl Bmap {
                 _ => ranges.push((first, last)),
             }
         }
-        let mut out = Vec::with_capacity(ranges.len());
-        let mut whole = Sha256::new();
-        let zeros = vec![0u8; 1 << 20];
-        let mut pos = 0u64;
-        let feed_zeros = |h: &mut Sha256, mut n: u64| {
-            while n > 0 {
-                let k = n.min(zeros.len() as u64) as usize;
-                h.update(&zeros[..k]);
-                n -= k as u64;
-            }
-        };
-        for (first, last) in ranges {
-            let r = Range {
+        let spans: Vec<(u64, u64)> = ranges
+            .iter()
+            .map(|&(first, last)| {
+                Range {
+                    first,
+                    last,
+                    sha256: String::new(),
+                }
+                .span(BLOCK_SIZE, size)
+            })
+            .collect();
+        let (whole, per_range) = std::thread::scope(|s| {
+            let whole = s.spawn(|| -> std::io::Result<String> {
+                let mut h = Sha256::new();
+                let zeros = vec![0u8; 1 << 20];
+                let mut pos = 0u64;
+                let feed_zeros = |h: &mut Sha256, mut n: u64| {
+                    while n > 0 {
+                        let k = n.min(zeros.len() as u64) as usize;
+                        h.update(&zeros[..k]);
+                        n -= k as u64;
+                    }
+                };
+                for &(off, len) in &spans {
+                    feed_zeros(&mut h, off - pos);
+                    hash_span_at(&f, off, len, &mut [&mut h])?;
+                    pos = off + len;
+                }
+                feed_zeros(&mut h, size - pos);
+                Ok(hex::encode(h.finalize()))
+            });
+            let per_range = spans
+                .iter()
+                .map(|&(off, len)| {
+                    let mut h = Sha256::new();
+                    hash_span_at(&f, off, len, &mut [&mut h]).map(|_| hex::encode(h.finalize()))
+                })
+                .collect::<std::io::Result<Vec<String>>>();
+            (whole.join().expect("hash thread"), per_range)
+        });
+        let out = ranges
+            .into_iter()
+            .zip(per_range.map_err(io(image))?)
+            .map(|((first, last), sha256)| Range {
                 first,
                 last,
-                sha256: String::new(),
-            };
-            let (off, len) = r.span(BLOCK_SIZE, size);
-            feed_zeros(&mut whole, off - pos);
-            f.seek(SeekFrom::Start(off)).map_err(io(image))?;
-            let mut h = Sha256::new();
-            let mut left = len;
-            while left > 0 {
-                let n = (buf.len() as u64).min(left) as usize;
-                f.read_exact(&mut buf[..n]).map_err(io(image))?;
-                h.update(&buf[..n]);
-                whole.update(&buf[..n]);
-                left -= n as u64;
-            }
-            pos = off + len;
-            out.push(Range {
-                sha256: hex::encode(h.finalize()),
-                ..r
-            });
-        }
-        feed_zeros(&mut whole, size - pos);
+                sha256,
+            })
+            .collect();
         Ok((
             Bmap {
                 image_size: size,
@@ -123,7 +152,7 @@ impl Bmap {
                 blocks_count: size.div_ceil(BLOCK_SIZE),
                 ranges: out,
             },
-            hex::encode(whole.finalize()),
+            whole.map_err(io(image))?,
         ))
     }
 

@@ -43,9 +43,11 @@ pub struct BuildOptions {
     pub k3s: Option<PathBuf>,
     /// The join token, when given at build time.
     pub token: Option<Vec<u8>>,
+    /// Check a secure (K10<hash>) token against the server's CA before building.
+    pub check_ca: bool,
     /// Timestamp for every file imagegen writes.
     pub epoch: u64,
-    /// Directory for the staging tree (defaults to the system temp dir).
+    /// Scratch directory for the depmod run (defaults to the system temp dir).
     pub tmp_dir: Option<PathBuf>,
 }
 
@@ -211,6 +213,15 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummar
         }
     }
 
+    crate::ext4::check_mke2fs()?;
+    let mut notes = Vec::new();
+    if let Some(token) = opts.token.as_deref().filter(|_| opts.check_ca) {
+        let t = step(progress, "join token CA check");
+        let note = check_token_ca(&host.node.server.url, token)?;
+        done(progress, "join token CA check", note.clone(), t);
+        notes.push(note);
+    }
+
     let t = step(progress, "boot assets");
     let assets = opts.assets.resolve(progress)?;
     done(
@@ -222,12 +233,17 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummar
 
     let sig = disk_signature(&host.name);
     let partuuid = format!("{sig:08x}-02");
-    let mut notes = Vec::new();
 
     let t = step(progress, "root filesystem tree");
     let tmp_parent = opts.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let mut tree = Tree::new(&tmp_parent, opts.epoch)?;
-    tree.unpack_tarball(&opts.rootfs)?;
+    // Two cores' worth: depmod indexes the kernel modules while the rootfs is decompressed.
+    let (tree, depmod) = std::thread::scope(|s| {
+        let depmod = s.spawn(|| depmod_files(&assets, &tmp_parent));
+        let tree = Tree::from_tarball(&opts.rootfs, opts.epoch);
+        (tree, depmod.join().expect("depmod thread"))
+    });
+    let mut tree = tree?;
+    let depmod = depmod?;
     let mut node = host.node.clone();
     if node.server.token_drop.is_none() {
         node.server.token_drop = Some(PathBuf::from(format!("{BOOT_MOUNT}/{TOKEN_DROP_NAME}")));
@@ -238,7 +254,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummar
     {
         // Keep node.toml free of a pin it cannot know; node-runtime uses the binary as is.
     }
-    add_kernel_bits(&mut tree, board, &assets)?;
+    add_kernel_bits(&mut tree, board, &assets, depmod)?;
     tree.add_dir(BOOT_MOUNT.trim_start_matches('/'), 0o755)?;
     let plan = HostPlan {
         node,
@@ -363,36 +379,52 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummar
         t,
     );
 
-    let t = step(progress, "boot partition (FAT32)");
-    crate::fat::write_boot_partition(&mut img, &tmp_img, boot_start, boot_len, sig, &boot_files)
-        .map_err(no_space)?;
-    img.sync_all().map_err(io(&tmp_img)).map_err(no_space)?;
+    // The partitions are disjoint byte ranges of the file: FAT (in this process) and ext4
+    // (mke2fs) are written at the same time.
+    let t = step(progress, "boot (FAT32) and root (ext4) partitions");
+    let (fat, ext4) = std::thread::scope(|s| {
+        let fat = s.spawn(|| {
+            crate::fat::write_boot_partition(
+                &mut img,
+                &tmp_img,
+                boot_start,
+                boot_len,
+                sig,
+                &boot_files,
+            )
+        });
+        let ext4 = tree.make_ext4(
+            &tmp_img,
+            root_start,
+            root_len,
+            &root_uuid(&host.name),
+            "ROOT",
+        );
+        (fat.join().expect("FAT writer"), ext4)
+    });
+    fat.map_err(no_space)?;
+    ext4.map_err(no_space)?;
     done(
         progress,
-        "boot partition (FAT32)",
-        format!("{} files", boot_files.len()),
-        t,
-    );
-
-    let t = step(progress, "root partition (ext4)");
-    tree.make_ext4(
-        &tmp_img,
-        root_start,
-        root_len,
-        &root_uuid(&host.name),
-        "ROOT",
-    )
-    .map_err(no_space)?;
-    done(
-        progress,
-        "root partition (ext4)",
-        format!("{} MiB", root_len / MIB),
+        "boot (FAT32) and root (ext4) partitions",
+        format!(
+            "{} boot files, {} MiB root",
+            boot_files.len(),
+            root_len / MIB
+        ),
         t,
     );
     drop(tree);
 
     let t = step(progress, "bmap and checksum");
-    let (bmap, sha256) = Bmap::from_image_with_sha256(&tmp_img)?;
+    // The image reaches the disk while it is hashed: nothing half-written gets the final name.
+    let (synced, hashed) = std::thread::scope(|s| {
+        let sync = s.spawn(|| img.sync_all());
+        let hashed = Bmap::from_image_with_sha256(&tmp_img);
+        (sync.join().expect("sync thread"), hashed)
+    });
+    synced.map_err(io(&tmp_img)).map_err(no_space)?;
+    let (bmap, sha256) = hashed?;
     std::fs::write(&tmp_bmap, bmap.to_xml())
         .map_err(io(&tmp_bmap))
         .map_err(no_space)?;
@@ -423,6 +455,24 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummar
         token_drop: TOKEN_DROP_NAME.into(),
         k3s,
         notes,
+    })
+}
+
+/// Checks a secure join token (K10<CA hash>::…) against the CA the server serves, as the k3s
+/// agent does before it sends the token: a mismatch is an error (nothing is built); an
+/// unreachable server or a token without a hash is a note.
+fn check_token_ca(server: &str, token: &[u8]) -> Result<String, ImageError> {
+    use bootstrap::token::{CaCheck, JoinToken, verify_server_ca};
+    let text = String::from_utf8_lossy(token);
+    let t = JoinToken::parse(text.trim(), "the join token")?;
+    Ok(match verify_server_ca(server, &t)? {
+        CaCheck::Verified => format!("join token: the CA served by {server} matches its hash"),
+        CaCheck::NoHashInToken => {
+            "join token: it carries no CA hash (not a K10 token): nothing to check against the server".into()
+        }
+        CaCheck::Unreachable(why) => format!(
+            "join token: its CA hash was not checked, {server} is unreachable ({why}); the node checks it when it joins"
+        ),
     })
 }
 
@@ -506,25 +556,67 @@ fn boot_files(
     Ok(files)
 }
 
-/// Kernel modules (with a depmod index) and the board's firmware files into the root tree.
-fn add_kernel_bits(tree: &mut Tree, board: &Board, assets: &BootAssets) -> Result<(), ImageError> {
-    let modules = format!("lib/modules/{}", assets.kernel_version);
-    tree.copy_dir(&assets.modules_dir, &modules)?;
+/// The `modules.*` index files depmod makes for the boot assets' kernel modules, made in a
+/// scratch tree under `tmp_parent` (hard links, else symlinks, to the cached modules).
+fn depmod_files(
+    assets: &BootAssets,
+    tmp_parent: &Path,
+) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
+    let dir = tempfile::Builder::new()
+        .prefix(".imagegen-depmod-")
+        .tempdir_in(tmp_parent)
+        .map_err(io(tmp_parent))?;
+    let mods = dir.path().join("lib/modules").join(&assets.kernel_version);
+    link_tree(&assets.modules_dir, &mods)?;
     let mut cmd = Command::new("depmod");
-    cmd.arg("-b").arg(tree.root());
+    cmd.arg("-b").arg(dir.path());
     if assets.system_map.is_file() {
         cmd.arg("-F").arg(&assets.system_map);
     }
     cmd.arg(&assets.kernel_version);
     run(&mut cmd, "depmod")?;
-    let real = tree.resolve(&modules)?;
-    for entry in std::fs::read_dir(tree.root().join(&real)).map_err(io(tree.root()))? {
-        let p = entry.map_err(io(tree.root()))?.path();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&mods).map_err(io(&mods))? {
+        let p = entry.map_err(io(&mods))?.path();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         if name.starts_with("modules.") && p.is_file() {
-            let data = std::fs::read(&p).map_err(io(&p))?;
-            tree.add_file(&format!("{modules}/{name}"), 0o644, &data)?;
+            out.push((name, std::fs::read(&p).map_err(io(&p))?));
         }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Mirrors the directory tree `src` at `dest` with hard links (symlinks across filesystems).
+fn link_tree(src: &Path, dest: &Path) -> Result<(), ImageError> {
+    std::fs::create_dir_all(dest).map_err(io(dest))?;
+    for e in std::fs::read_dir(src).map_err(io(src))? {
+        let e = e.map_err(io(src))?;
+        let (from, to) = (e.path(), dest.join(e.file_name()));
+        let ft = e.file_type().map_err(io(&from))?;
+        if ft.is_dir() {
+            link_tree(&from, &to)?;
+        } else if ft.is_symlink() {
+            let t = std::fs::read_link(&from).map_err(io(&from))?;
+            std::os::unix::fs::symlink(t, &to).map_err(io(&to))?;
+        } else if std::fs::hard_link(&from, &to).is_err() {
+            std::os::unix::fs::symlink(&from, &to).map_err(io(&to))?;
+        }
+    }
+    Ok(())
+}
+
+/// Kernel modules (with the depmod index) and the board's firmware files into the root tree.
+fn add_kernel_bits(
+    tree: &mut Tree,
+    board: &Board,
+    assets: &BootAssets,
+    depmod: Vec<(String, Vec<u8>)>,
+) -> Result<(), ImageError> {
+    let modules = format!("lib/modules/{}", assets.kernel_version);
+    tree.copy_dir(&assets.modules_dir, &modules)?;
+    for (name, data) in depmod {
+        tree.add_file(&format!("{modules}/{name}"), 0o644, &data)?;
     }
     for f in &board.rootfs_firmware {
         let found = assets

@@ -128,6 +128,23 @@ pub enum ImageError {
         /// The package providing it.
         package: String,
     },
+    /// The join token is malformed, or the server's CA does not match its hash.
+    #[error("{0}")]
+    Token(#[from] bootstrap::token::TokenError),
+    /// An external tool is installed but too old for what imagegen asks of it.
+    #[error("{tool} {found} is too old: imagegen needs {needed} or newer ({why}); {help}")]
+    ToolTooOld {
+        /// The program.
+        tool: String,
+        /// The version found.
+        found: String,
+        /// The oldest version that works.
+        needed: String,
+        /// What the newer version brings.
+        why: String,
+        /// How to get it.
+        help: String,
+    },
     /// The image file is not one imagegen can read.
     #[error("{path}: {message}")]
     BadImage {
@@ -164,6 +181,7 @@ impl ImageError {
             | ImageError::Topology(_)
             | ImageError::UnknownHost { .. }
             | ImageError::WrongBoard { .. }
+            | ImageError::Token(_)
             | ImageError::NoHostForBoard { .. }
             | ImageError::Rootfs { .. }
             | ImageError::SizeTooSmall { .. }

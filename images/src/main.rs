@@ -60,6 +60,10 @@ struct BuildArgs {
     /// File holding the k3s join token, baked in with mode 0600 (else drop it on the boot partition later).
     #[arg(long, value_name = "F")]
     token_file: Option<PathBuf>,
+    /// Do not contact the k3s server to check that its CA matches the hash in a K10 token
+    /// (offline builds; the node still checks it when it joins).
+    #[arg(long)]
+    no_ca_check: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -69,7 +73,7 @@ struct BuildArgs {
 enum Command {
     /// Image for a Raspberry Pi 4 host.
     #[command(
-        after_help = "Examples:\n  imagegen rpi4\n  imagegen rpi4 --host rpi4-2 --size 4G -o /tmp/rpi4-2.img\n  imagegen rpi4 --rootfs rootfs.tar.gz --boot-assets ./debs --token-file ./token"
+        after_help = "Examples:\n  imagegen rpi4\n  imagegen rpi4 --host rpi4-2 --size 4G -o /tmp/rpi4-2.img\n  imagegen rpi4 --rootfs rootfs.tar.gz --boot-assets ./debs --token-file ./token\n  imagegen rpi4 --token-file ./token --no-ca-check   # offline: skip the server CA check"
     )]
     Rpi4(BuildArgs),
     /// Image for a Raspberry Pi 3A+ host (Wi-Fi only).
@@ -367,6 +371,7 @@ fn build(board_name: &str, a: BuildArgs) -> Result<(), Failure> {
         },
         k3s: a.k3s,
         token,
+        check_ca: !a.no_ca_check,
         epoch,
         tmp_dir: None,
     };

@@ -7,6 +7,7 @@ use bootstrap::NodeConfig;
 use bootstrap::exit::ExitClass;
 use nix::unistd::{ForkResult, fork, setsid};
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -77,9 +78,18 @@ pub fn detach(config_path: &Path) -> Result<u32, DaemonError> {
     let log_dir = config.host_path(&config.logs.dir);
     std::fs::create_dir_all(&log_dir).map_err(sys(log_dir.display().to_string()))?;
     let log_path = log_dir.join(SUPERVISOR_LOG);
+    // Its stderr is a plain descriptor on this file and cannot rotate while open: rotate per start.
+    crate::logs::rotate_if_larger(
+        &log_dir,
+        SUPERVISOR_LOG,
+        config.logs.max_bytes,
+        config.logs.keep,
+    )
+    .map_err(sys(log_path.display().to_string()))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o640)
         .open(&log_path)
         .map_err(sys(log_path.display().to_string()))?;
     let (rd, wr) =

@@ -116,6 +116,10 @@ pub struct OptionState {
     pub value: Option<String>,
     /// What it is for.
     pub why: String,
+    /// Set when the option is `m` but the kernel's module list (when one was given) has no such
+    /// module: the module that would be needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_not_shipped: Option<String>,
 }
 
 /// The verdict of [`check_kernel_config`].
@@ -151,17 +155,19 @@ impl KernelReport {
         if let Some(v) = &self.kernel_version {
             out.push_str(&format!("kernel {v}\n"));
         }
-        for o in &self.required_missing {
-            out.push_str(&format!(
-                "required missing: CONFIG_{} ({})\n",
-                o.name, o.why
-            ));
-        }
-        for o in &self.optional_missing {
-            out.push_str(&format!(
-                "optional missing: CONFIG_{} ({})\n",
-                o.name, o.why
-            ));
+        for (kind, list) in [
+            ("required", &self.required_missing),
+            ("optional", &self.optional_missing),
+        ] {
+            for o in list {
+                out.push_str(&format!("{kind} missing: CONFIG_{} ({})", o.name, o.why));
+                if let Some(m) = &o.module_not_shipped {
+                    out.push_str(&format!(
+                        ": built as module {m}, which this kernel does not ship"
+                    ));
+                }
+                out.push('\n');
+            }
         }
         if let Some(c) = &self.cgroup_controllers {
             out.push_str(&format!("cgroup controllers enabled: {}\n", c.join(" ")));
@@ -239,8 +245,90 @@ pub fn parse_config(text: &str) -> BTreeMap<String, String> {
     map
 }
 
+/// The module a `=m` option builds, for the options k3s needs that distributions build as modules.
+/// Options not listed here count as present when `m` (no way to tell which module to look for).
+fn module_of(option: &str) -> Option<&'static str> {
+    Some(match option {
+        "VETH" => "veth",
+        "BRIDGE" => "bridge",
+        "BRIDGE_NETFILTER" => "br_netfilter",
+        "IP_NF_FILTER" => "iptable_filter",
+        "IP_NF_NAT" => "iptable_nat",
+        "IP_NF_TARGET_REJECT" => "ipt_REJECT",
+        "NF_NAT" => "nf_nat",
+        "NF_CONNTRACK" => "nf_conntrack",
+        "NETFILTER_XT_MATCH_ADDRTYPE" => "xt_addrtype",
+        "NETFILTER_XT_MATCH_CONNTRACK" => "xt_conntrack",
+        "NETFILTER_XT_MATCH_IPVS" => "xt_ipvs",
+        "NETFILTER_XT_MATCH_COMMENT" => "xt_comment",
+        "NETFILTER_XT_MATCH_MULTIPORT" => "xt_multiport",
+        "NETFILTER_XT_MATCH_STATISTIC" => "xt_statistic",
+        "NETFILTER_XT_MARK" => "xt_mark",
+        "IP_VS" => "ip_vs",
+        "IP_VS_RR" => "ip_vs_rr",
+        "VXLAN" => "vxlan",
+        "OVERLAY_FS" => "overlay",
+        "EXT4_FS" => "ext4",
+        "BLK_DEV_LOOP" => "loop",
+        _ => return None,
+    })
+}
+
+/// The kernel modules a device has: from `modules.dep`/`modules.builtin` text, a listing of
+/// `.ko` files, and `/proc/modules`. A `=m` option only helps when its module is really there:
+/// GKI phones build e.g. `br_netfilter` as a module but ship only the vendor's module list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModuleIndex {
+    names: std::collections::BTreeSet<String>,
+}
+
+impl ModuleIndex {
+    /// Adds every `.ko` path found in `text` (modules.dep, modules.builtin, `find` output).
+    pub fn add_paths(&mut self, text: &str) {
+        for token in text.split(|c: char| c.is_whitespace() || c == ':') {
+            let base = token.rsplit('/').next().unwrap_or(token);
+            let stem = [".ko.zst", ".ko.xz", ".ko.gz", ".ko"]
+                .iter()
+                .find_map(|ext| base.strip_suffix(ext));
+            if let Some(stem) = stem.filter(|s| !s.is_empty()) {
+                self.names.insert(normalize_module(stem));
+            }
+        }
+    }
+
+    /// Adds the loaded modules of `/proc/modules` text (first field of each line).
+    pub fn add_loaded(&mut self, proc_modules: &str) {
+        for line in proc_modules.lines() {
+            if let Some(name) = line.split_whitespace().next() {
+                self.names.insert(normalize_module(name));
+            }
+        }
+    }
+
+    /// True when no module at all was found (then nothing can be concluded from it).
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Whether the module is there (`-` and `_` are the same to modprobe).
+    pub fn has(&self, module: &str) -> bool {
+        self.names.contains(&normalize_module(module))
+    }
+}
+
+fn normalize_module(name: &str) -> String {
+    name.replace('-', "_")
+}
+
 /// Checks a kernel `.config` text against [`REQUIREMENTS`].
 pub fn check_kernel_config(text: &str) -> KernelReport {
+    check_kernel_config_with_modules(text, None)
+}
+
+/// Like [`check_kernel_config`], and a `=m` option whose module is not in `modules` counts as
+/// missing. An empty index is ignored (a listing that found nothing proves nothing).
+pub fn check_kernel_config_with_modules(text: &str, modules: Option<&ModuleIndex>) -> KernelReport {
+    let modules = modules.filter(|m| !m.is_empty());
     let map = parse_config(text);
     let mut report = KernelReport {
         required_missing: Vec::new(),
@@ -261,12 +349,18 @@ pub fn check_kernel_config(text: &str) -> KernelReport {
                     .flatten()
                     .filter(|v| v == "y" || v == "m")
             });
+        let module_not_shipped = match (value.as_deref(), modules, module_of(r.name)) {
+            (Some("m"), Some(index), Some(module)) if !index.has(module) => Some(module.to_owned()),
+            _ => None,
+        };
         let state = OptionState {
             name: r.name.to_owned(),
             need: r.need,
             value: value.clone(),
             why: r.why.to_owned(),
+            module_not_shipped: module_not_shipped.clone(),
         };
+        let value = value.filter(|_| module_not_shipped.is_none());
         match (value, r.need) {
             (Some(_), _) => report.ok.push(state),
             (None, Need::Required) => report.required_missing.push(state),
@@ -276,14 +370,18 @@ pub fn check_kernel_config(text: &str) -> KernelReport {
     report
 }
 
-/// Like [`check_kernel_config`], but refuses text that is not a kernel config.
-pub fn check_kernel_text(text: &str, origin: &str) -> Result<KernelReport, KernelError> {
+/// Like [`check_kernel_config_with_modules`], but refuses text that is not a kernel config.
+pub fn check_kernel_text(
+    text: &str,
+    origin: &str,
+    modules: Option<&ModuleIndex>,
+) -> Result<KernelReport, KernelError> {
     if !text.lines().any(|l| l.trim_start().starts_with("CONFIG_")) {
         return Err(KernelError::NotAConfig {
             origin: origin.to_owned(),
         });
     }
-    Ok(check_kernel_config(text))
+    Ok(check_kernel_config_with_modules(text, modules))
 }
 
 fn kernel_version(text: &str) -> Option<String> {
@@ -350,6 +448,23 @@ pub fn local_config() -> Result<(String, String), KernelError> {
     })
 }
 
+/// The running kernel's modules: `/lib/modules/$(uname -r)/modules.{dep,builtin}` and
+/// `/proc/modules`; `None` when there is no module directory to judge by.
+pub fn local_modules() -> Option<ModuleIndex> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let dir = std::path::Path::new("/lib/modules").join(release.trim());
+    let dep = std::fs::read_to_string(dir.join("modules.dep")).ok()?;
+    let mut index = ModuleIndex::default();
+    index.add_paths(&dep);
+    if let Ok(builtin) = std::fs::read_to_string(dir.join("modules.builtin")) {
+        index.add_paths(&builtin);
+    }
+    if let Ok(loaded) = std::fs::read_to_string("/proc/modules") {
+        index.add_loaded(&loaded);
+    }
+    Some(index)
+}
+
 /// The enabled controllers listed in `/proc/cgroups` text (`#subsys_name hierarchy num enabled`).
 pub fn enabled_cgroup_controllers(proc_cgroups: &str) -> Vec<String> {
     proc_cgroups
@@ -382,8 +497,42 @@ mod tests {
     }
 
     #[test]
+    fn a_module_option_needs_its_module_when_a_list_is_given() {
+        let text = "CONFIG_BRIDGE=y\nCONFIG_BRIDGE_NETFILTER=m\nCONFIG_VETH=m\nCONFIG_VXLAN=m\n";
+        let mut index = ModuleIndex::default();
+        index.add_paths("/vendor_dlkm/lib/modules/veth.ko\nkernel/drivers/net/vxlan/vxlan.ko.xz: kernel/net/ipv4/udp_tunnel.ko.xz\n");
+        let with = check_kernel_config_with_modules(text, Some(&index));
+        let bnf = with
+            .required_missing
+            .iter()
+            .find(|o| o.name == "BRIDGE_NETFILTER")
+            .expect("br_netfilter not shipped is missing");
+        assert_eq!(bnf.module_not_shipped.as_deref(), Some("br_netfilter"));
+        assert!(with.ok.iter().any(|o| o.name == "VETH"));
+        assert!(with.ok.iter().any(|o| o.name == "VXLAN"));
+        assert!(with.ok.iter().any(|o| o.name == "BRIDGE"));
+        assert!(
+            with.render()
+                .contains("CONFIG_BRIDGE_NETFILTER (iptables on bridged traffic (services)): built as module br_netfilter, which this kernel does not ship"),
+            "{}",
+            with.render()
+        );
+        // Loaded counts, dashes are underscores.
+        index.add_loaded("br_netfilter 32768 0 - Live 0x0\n");
+        let loaded = check_kernel_config_with_modules(text, Some(&index));
+        assert!(loaded.ok.iter().any(|o| o.name == "BRIDGE_NETFILTER"));
+        // No list, or an empty one: `m` is taken at its word.
+        let without = check_kernel_config(text);
+        assert!(without.ok.iter().any(|o| o.name == "BRIDGE_NETFILTER"));
+        let empty = check_kernel_config_with_modules(text, Some(&ModuleIndex::default()));
+        assert_eq!(empty, without);
+    }
+
+    #[test]
     fn text_without_options_is_refused() {
-        let e = check_kernel_text("hello\n", "x").unwrap_err().to_string();
+        let e = check_kernel_text("hello\n", "x", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a kernel config"), "{e}");
     }
 

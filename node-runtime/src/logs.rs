@@ -38,9 +38,7 @@ impl RotatingLog {
 
     /// The name of rotation `n` (1 = newest).
     pub fn rotated(&self, n: u32) -> PathBuf {
-        let mut name = self.path.file_name().unwrap_or_default().to_owned();
-        name.push(format!(".{n}"));
-        self.path.with_file_name(name)
+        rotation_name(&self.path, n)
     }
 
     /// Appends `data`, rotating first when it would overflow the current file.
@@ -78,18 +76,48 @@ impl RotatingLog {
             self.size = 0;
             return Ok(());
         }
-        let _ = std::fs::remove_file(self.rotated(self.keep));
-        for n in (1..self.keep).rev() {
-            let from = self.rotated(n);
-            if from.exists() {
-                std::fs::rename(&from, self.rotated(n + 1))?;
-            }
-        }
-        std::fs::rename(&self.path, self.rotated(1))?;
+        shift_rotations(&self.path, self.keep)?;
         self.file = open_append(&self.path)?;
         self.size = 0;
         Ok(())
     }
+}
+
+/// Rotates `dir/name` once when it has grown past `max_bytes`. For logs written through a plain
+/// file descriptor (the detached supervisor's own stderr), which cannot rotate while open: the
+/// supervisor calls this each time it starts, so its log is bounded per start.
+pub fn rotate_if_larger(dir: &Path, name: &str, max_bytes: u64, keep: u32) -> io::Result<bool> {
+    let path = dir.join(name);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.len() > max_bytes => {}
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    if keep == 0 {
+        std::fs::remove_file(&path)?;
+    } else {
+        shift_rotations(&path, keep)?;
+    }
+    Ok(true)
+}
+
+fn rotation_name(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".{n}"));
+    path.with_file_name(name)
+}
+
+/// `path.KEEP` is dropped, `path.N` becomes `path.N+1`, `path` becomes `path.1`.
+fn shift_rotations(path: &Path, keep: u32) -> io::Result<()> {
+    let _ = std::fs::remove_file(rotation_name(path, keep));
+    for n in (1..keep).rev() {
+        let from = rotation_name(path, n);
+        if from.exists() {
+            std::fs::rename(&from, rotation_name(path, n + 1))?;
+        }
+    }
+    std::fs::rename(path, rotation_name(path, 1))
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -120,5 +148,29 @@ mod tests {
         assert!(cur.len() <= 100 && r1.len() <= 100);
         assert!(cur.ends_with("line 0049\n"), "{cur}");
         assert!(r1.ends_with('\n') && r1.starts_with("line "));
+    }
+
+    #[test]
+    fn rotate_if_larger_moves_only_an_oversized_log() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("s.log");
+        std::fs::write(&log, "small\n").unwrap();
+        assert!(!rotate_if_larger(d.path(), "s.log", 100, 2).unwrap());
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "small\n");
+        std::fs::write(&log, "x".repeat(101)).unwrap();
+        std::fs::write(d.path().join("s.log.1"), "older").unwrap();
+        assert!(rotate_if_larger(d.path(), "s.log", 100, 2).unwrap());
+        assert!(!log.exists());
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("s.log.1"))
+                .unwrap()
+                .len(),
+            101
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("s.log.2")).unwrap(),
+            "older"
+        );
+        assert!(!rotate_if_larger(d.path(), "missing.log", 1, 2).unwrap());
     }
 }

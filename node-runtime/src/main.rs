@@ -184,8 +184,10 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                 ),
                 None => kernel::local_config().map_err(|e| fail(ExitClass::Device, e))?,
             };
-            let mut report =
-                kernel::check_kernel_text(&text, &origin).map_err(|e| fail(ExitClass::Usage, e))?;
+            // The running kernel's module list only describes the running kernel's config.
+            let modules = config_gz.is_none().then(kernel::local_modules).flatten();
+            let mut report = kernel::check_kernel_text(&text, &origin, modules.as_ref())
+                .map_err(|e| fail(ExitClass::Usage, e))?;
             if config_gz.is_none()
                 && let Ok(c) = std::fs::read_to_string("/proc/cgroups")
             {

@@ -8,6 +8,7 @@
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, sync_channel};
 
 /// Why an unpack failed (`DEST` is untouched in every case).
 #[derive(Debug, thiserror::Error)]
@@ -75,19 +76,61 @@ pub struct Unpacked {
     pub replaced: bool,
 }
 
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    bytes: u64,
+/// Size of the chunks passed between the pipeline's stages: big enough that per-chunk costs
+/// (a channel hand-off, a hasher call) vanish, small enough that a few in flight cost little RAM.
+const CHUNK: usize = 1 << 20;
+/// Chunks queued between two stages: lets a stage run ahead while the next one waits on the disk.
+const DEPTH: usize = 4;
+
+/// The receiving end of a stage as a `Read`: ends (Ok(0)) when the sender is dropped.
+struct ChunkReader {
+    rx: Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
 }
 
-impl<R: Read> Read for HashingReader<R> {
+impl ChunkReader {
+    fn new(rx: Receiver<Vec<u8>>) -> ChunkReader {
+        ChunkReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(next) => {
+                    self.cur = next;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
+}
+
+/// Reads up to one [`CHUNK`] (less only at the end of the stream).
+fn read_chunk(reader: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut len = 0;
+    while len < CHUNK {
+        match reader.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// Extracts the tar.gz `reader` into `dest` atomically (see the module docs).
@@ -122,6 +165,13 @@ pub fn unpack(
             return Err(e);
         }
     };
+    // The new tree must be on disk before it becomes the live one, so a power cut leaves the old
+    // tree or the whole new one, never files that a rename made visible before their data landed.
+    // One syncfs for the whole tree: per-file fsyncs would cost a flush each.
+    if let Err(e) = sync_filesystem(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     let replaced = swap_into_place(&tmp, dest).inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&tmp);
     })?;
@@ -150,72 +200,74 @@ fn clean_leftovers(parent: &Path, name: &str) {
     }
 }
 
+/// Three stages run at once, joined by bounded channels: this thread reads the stream and hashes
+/// it, one thread inflates the gzip, one writes the tar entries. On a phone's many cores (and under
+/// emulation) the hash and the inflate then cost no wall time beside the writes.
 fn extract_verify(
-    reader: impl Read,
+    mut reader: impl Read,
     tmp: &Path,
     dest: &Path,
     expected: Option<&str>,
 ) -> Result<(String, u64, u64), UnpackError> {
-    let mut hashing = HashingReader {
-        inner: reader,
-        hasher: Sha256::new(),
-        bytes: 0,
-    };
-    let entries = {
-        let gz = flate2::read::MultiGzDecoder::new(&mut hashing);
-        let mut archive = tar::Archive::new(gz);
-        archive.set_preserve_permissions(true);
-        archive.set_preserve_ownerships(true);
-        archive.set_unpack_xattrs(true);
-        archive.set_preserve_mtime(true);
-        archive.set_overwrite(true);
-        let broken = |e: io::Error, bytes: u64| UnpackError::Broken {
-            bytes,
-            reason: e.to_string(),
-            dest: dest.to_owned(),
-        };
-        let mut count = 0u64;
-        let iter = archive.entries().map_err(|e| broken(e, 0))?;
-        for entry in iter {
-            let mut entry = entry.map_err(|e| broken(e, 0))?;
-            let kind = entry.header().entry_type();
-            let path_text = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let entry_err = |source: io::Error| UnpackError::Entry {
-                entry: path_text.clone(),
-                dest: dest.to_owned(),
-                source: with_causes(source),
-            };
-            if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
-                make_node(&mut entry, tmp, kind).map_err(entry_err)?;
-            } else {
-                // unpack_in refuses paths escaping `tmp` (.., absolute) and follows none of the
-                // archive's own symlinks out of it.
-                entry.unpack_in(tmp).map_err(|e| {
-                    // A stream cut inside a file body shows up here as an I/O error.
-                    if e.kind() == io::ErrorKind::UnexpectedEof
-                        || e.kind() == io::ErrorKind::InvalidData
-                        || e.kind() == io::ErrorKind::InvalidInput
-                    {
-                        broken(e, 0)
-                    } else {
-                        entry_err(e)
-                    }
-                })?;
-            }
-            count += 1;
-        }
-        // Drain the rest (tar padding, gzip trailer with its CRC) so the hash covers the stream.
-        let mut gz = archive.into_inner();
-        io::copy(&mut gz, &mut io::sink()).map_err(|e| broken(e, 0))?;
-        count
-    };
-    io::copy(&mut hashing, &mut io::sink()).map_err(|e| UnpackError::Broken {
-        bytes: 0,
-        reason: e.to_string(),
+    let broken = |bytes: u64, reason: String| UnpackError::Broken {
+        bytes,
+        reason,
         dest: dest.to_owned(),
+    };
+    let (gz_tx, gz_rx) = sync_channel::<Vec<u8>>(DEPTH);
+    let (tar_tx, tar_rx) = sync_channel::<Vec<u8>>(DEPTH);
+    let mut hasher = Sha256::new();
+    let mut bytes = 0u64;
+    let (read_err, inflated, extracted) = std::thread::scope(|s| {
+        let inflate = s.spawn(move || -> io::Result<()> {
+            let mut gz = flate2::read::MultiGzDecoder::new(ChunkReader::new(gz_rx));
+            loop {
+                let chunk = read_chunk(&mut gz)?;
+                // A send fails only when the extractor stopped: its error is the one to tell.
+                if chunk.is_empty() || tar_tx.send(chunk).is_err() {
+                    return Ok(());
+                }
+            }
+        });
+        let extract = s.spawn(move || extract_entries(ChunkReader::new(tar_rx), tmp, dest));
+        let mut read_err = None;
+        loop {
+            match read_chunk(&mut reader) {
+                Ok(chunk) if chunk.is_empty() => break,
+                Ok(chunk) => {
+                    hasher.update(&chunk);
+                    bytes += chunk.len() as u64;
+                    if gz_tx.send(chunk).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    read_err = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(gz_tx);
+        let inflated = inflate.join().expect("inflate thread panicked");
+        let extracted = extract.join().expect("extract thread panicked");
+        (read_err, inflated, extracted)
+    });
+    // The earliest stage's failure is the cause; the later stages only saw their input end.
+    if let Some(e) = read_err {
+        return Err(broken(bytes, e.to_string()));
+    }
+    if let Err(e) = inflated {
+        return Err(broken(bytes, e.to_string()));
+    }
+    let entries = extracted.map_err(|e| match e {
+        UnpackError::Broken { reason, dest, .. } => UnpackError::Broken {
+            bytes,
+            reason,
+            dest,
+        },
+        other => other,
     })?;
-    let bytes = hashing.bytes;
-    let got = hex::encode(hashing.hasher.finalize());
+    let got = hex::encode(hasher.finalize());
     if let Some(exp) = expected
         && got != exp
     {
@@ -226,13 +278,58 @@ fn extract_verify(
         });
     }
     if entries == 0 {
-        return Err(UnpackError::Broken {
-            bytes,
-            reason: "the archive is empty".into(),
-            dest: dest.to_owned(),
-        });
+        return Err(broken(bytes, "the archive is empty".into()));
     }
     Ok((got, bytes, entries))
+}
+
+/// Writes the tar entries read from `tar` into `tmp`; the entry count.
+fn extract_entries(tar: impl Read, tmp: &Path, dest: &Path) -> Result<u64, UnpackError> {
+    let mut archive = tar::Archive::new(tar);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_unpack_xattrs(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    let broken = |e: io::Error| UnpackError::Broken {
+        bytes: 0,
+        reason: e.to_string(),
+        dest: dest.to_owned(),
+    };
+    let mut count = 0u64;
+    let iter = archive.entries().map_err(broken)?;
+    for entry in iter {
+        let mut entry = entry.map_err(broken)?;
+        let kind = entry.header().entry_type();
+        let path_text = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let entry_err = |source: io::Error| UnpackError::Entry {
+            entry: path_text.clone(),
+            dest: dest.to_owned(),
+            source: with_causes(source),
+        };
+        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+            make_node(&mut entry, tmp, kind).map_err(entry_err)?;
+        } else {
+            // unpack_in refuses paths escaping `tmp` (.., absolute) and follows none of the
+            // archive's own symlinks out of it.
+            entry.unpack_in(tmp).map_err(|e| {
+                // A stream cut inside a file body shows up here as an I/O error.
+                if e.kind() == io::ErrorKind::UnexpectedEof
+                    || e.kind() == io::ErrorKind::InvalidData
+                    || e.kind() == io::ErrorKind::InvalidInput
+                {
+                    broken(e)
+                } else {
+                    entry_err(e)
+                }
+            })?;
+        }
+        count += 1;
+    }
+    // Drain the rest (tar padding, then whatever the inflater still sends) so the inflater reaches
+    // the gzip trailer, checks its CRC, and the reader hashes the whole stream.
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(broken)?;
+    Ok(count)
 }
 
 /// tar-rs hides the OS error behind "failed to unpack X": keep the whole chain in one message.
@@ -285,6 +382,21 @@ fn make_node<R: Read>(
     .map_err(io::Error::from)?;
     // mknod applies the umask; set the archive's mode exactly.
     std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    Ok(())
+}
+
+/// syncfs(2) on the filesystem holding `dir`.
+fn sync_filesystem(dir: &Path) -> Result<(), UnpackError> {
+    use std::os::fd::AsRawFd;
+    let io = |source| UnpackError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let d = std::fs::File::open(dir).map_err(io)?;
+    // SAFETY: syncfs on a descriptor we own for the duration of the call.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(io(io::Error::last_os_error()));
+    }
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 #     (truncate + sfdisk + mkfs.vfat + mcopy + tar x + mke2fs -d + dd into place);
 #  2. flash of a 4 GiB image holding ~1 GiB of data (bmap: mapped blocks only, then read-back
 #     verification) vs `dd` of the whole image to a file.
+# Needs e2fsprogs >= 1.47.1 (both sides use the same mke2fs) and `script` (util-linux).
 # Inputs: IMAGEGEN_BENCH_ROOTFS (a node rootfs .tar.gz), else the newest one in the armfleet
 # cache or in the test cache. Needs root for the reference pipeline's `tar x` to keep owners.
 set -euo pipefail
@@ -35,10 +36,14 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 size=$(stat -c %s "$work/warm.img")
 rm -f "$work/warm.img" "$work/warm.img.bmap"
 
+# On a terminal imagegen prints each phase with its time: run it under `script` to get them.
 t0=$(now)
-"$ig" rpi4 --rootfs "$rootfs" -o "$work/ig.img" >/dev/null
+script -qec "\"$ig\" rpi4 --rootfs \"$rootfs\" -o \"$work/ig.img\"" /dev/null >"$work/ig.log"
 t1=$(now)
 ig_s=$(secs "$t0" "$t1")
+tr '\r' '\n' <"$work/ig.log" | grep -oP '✓ [^:]*: .*?\(\d+\.\d s\)' | sed 's/^✓ \([^:]*\): .*(\([0-9.]*\) s)$/\1: \2 s/' | while IFS= read -r phase; do
+  echo "bench: imagegen: phase $phase"
+done
 
 # The reference pipeline gets the same boot files (taken from imagegen's image beforehand) and
 # the same rootfs + kernel modules tree, with the same partition layout.

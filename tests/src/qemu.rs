@@ -4,8 +4,10 @@
 //!
 //! Machines: `virt` (virtio disk; the image's initramfs loads virtio_blk like it loads the SD
 //! controller on a Pi), or `raspi3b` (the emulated SD controller; the image must be a power of
-//! two in size, so a copy is grown). QEMU's raspi4b has no emulated SD controller for the
-//! mainline bcm2711 device tree, so Pi 4 images are booted on `virt`.
+//! two in size, so a copy is grown). Pi 4 images are booted on `virt`: on QEMU 10's `raspi4b`,
+//! Debian's 6.1 kernel with the mainline `bcm2711-rpi-4-b.dtb` dies 2 s in, in
+//! `brcmstb_l2_intc_of_init` (synchronous external abort: the tree's brcmstb L2 interrupt
+//! controller is not emulated), before any disk is probed.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

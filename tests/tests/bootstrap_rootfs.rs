@@ -134,6 +134,20 @@ fn slow_real_node_rootfs_is_reproducible_and_complete() {
         tar::EntryType::Symlink
     );
     assert_eq!(entries["dev/null"].kind, tar::EntryType::Char);
+    // The dpkg path filters: no manuals, info pages or translations; of the docs, copyrights only.
+    let files_under = |dir: &str| -> Vec<&String> {
+        entries
+            .iter()
+            .filter(|(p, e)| p.starts_with(dir) && e.kind == tar::EntryType::Regular)
+            .map(|(p, _)| p)
+            .collect()
+    };
+    for dir in ["usr/share/man/", "usr/share/info/", "usr/share/locale/"] {
+        assert!(files_under(dir).is_empty(), "{dir}: {:?}", files_under(dir));
+    }
+    let docs = files_under("usr/share/doc/");
+    assert!(docs.iter().all(|p| p.ends_with("/copyright")), "{docs:?}");
+    assert!(entries.contains_key("usr/share/doc/systemd/copyright"));
     assert!(!built.manifest.kernel_included);
 
     // Rebuild from the same base into an empty cache: the same bytes.

@@ -109,7 +109,13 @@ fn shared_rpi4() -> PathBuf {
         return image;
     }
     let token = token_file(&dir);
-    build("rpi4", &dir, &["--token-file", token.to_str().unwrap()]);
+    // The lab's server (10.10.10.1) is not contacted from tests: no CA check here; it has its
+    // own test against a server on 127.0.0.1.
+    build(
+        "rpi4",
+        &dir,
+        &["--token-file", token.to_str().unwrap(), "--no-ca-check"],
+    );
     std::fs::write(dir.join("stamp"), stamp).unwrap();
     image
 }
@@ -347,7 +353,7 @@ fn check_structure(
 }
 
 /// Every entry of the rootfs tarball has, in the image, the owner and mode the tarball says
-/// (mke2fs ran unprivileged-style from a staging dir; debugfs had to put them right).
+/// (mke2fs reads the tarball itself: nothing is unpacked as the build user).
 fn check_owners_match_tarball(ext: &Path, rootfs: &Path) {
     let f = std::fs::File::open(rootfs).unwrap();
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
@@ -374,11 +380,8 @@ fn check_owners_match_tarball(ext: &Path, rootfs: &Path) {
             tar::EntryType::Fifo => 0o010000,
             _ => 0o100000,
         };
-        let mode = if kind == 0o120000 {
-            0o120777
-        } else {
-            kind | (h.mode().unwrap() & 0o7777)
-        };
+        // Symlinks too: mke2fs keeps the tar's bits (Linux ignores a symlink's permissions).
+        let mode = kind | (h.mode().unwrap() & 0o7777);
         expected.push((path.clone(), mode, h.uid().unwrap(), h.gid().unwrap()));
         script.push_str(&format!("stat \"/{path}\"\n"));
     }
@@ -557,7 +560,11 @@ fn same_inputs_give_the_same_image_bytes() {
     let ia = shared_rpi4();
     let b = tempfile::tempdir().unwrap();
     let token = token_file(b.path());
-    let ib = build("rpi4", b.path(), &["--token-file", token.to_str().unwrap()]);
+    let ib = build(
+        "rpi4",
+        b.path(),
+        &["--token-file", token.to_str().unwrap(), "--no-ca-check"],
+    );
     assert_eq!(
         sha256(&ia),
         sha256(&ib),
@@ -567,6 +574,161 @@ fn same_inputs_give_the_same_image_bytes() {
         std::fs::read(format!("{}.bmap", ia.display())).unwrap(),
         std::fs::read(format!("{}.bmap", ib.display())).unwrap()
     );
+}
+
+/// mke2fs used to walk a staging directory in readdir order, which depends on the filesystem
+/// holding it; now the ext4 content follows the tar order. The scratch space imagegen uses
+/// (TMPDIR) is once a tmpfs and once the target dir's filesystem: the image bytes are the same.
+#[test]
+fn image_bytes_do_not_depend_on_the_scratch_filesystem() {
+    let out = tempfile::tempdir().unwrap();
+    let rootfs = mini_node_rootfs();
+    let shm = tempfile::tempdir_in("/dev/shm").ok();
+    let tmpfs = match &shm {
+        Some(d)
+            if run(Command::new("stat").args(["-f", "-c", "%T"]).arg(d.path())).trim()
+                == "tmpfs" =>
+        {
+            d.path().to_owned()
+        }
+        _ => {
+            // No tmpfs at /dev/shm: mount one.
+            let d = tempfile::tempdir().unwrap().keep();
+            run(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&d));
+            d
+        }
+    };
+    let on_disk = tempfile::tempdir_in(cache_dir("imagegen-scratch")).unwrap();
+    let fs_type = |d: &Path| {
+        run(Command::new("stat").args(["-f", "-c", "%T"]).arg(d))
+            .trim()
+            .to_owned()
+    };
+    assert_ne!(
+        fs_type(&tmpfs),
+        fs_type(on_disk.path()),
+        "two different filesystems"
+    );
+    let mut shas = Vec::new();
+    for (i, scratch) in [tmpfs.as_path(), on_disk.path()].into_iter().enumerate() {
+        let img = out.path().join(format!("{i}.img"));
+        let o = imagegen_env(
+            &args_for("rpi4", img.to_str().unwrap(), rootfs.to_str().unwrap()),
+            &[("TMPDIR", scratch.to_str().unwrap())],
+        );
+        assert!(o.status.success(), "{}", text(&o));
+        shas.push(sha256(&img));
+    }
+    if shm.is_none() {
+        let _ = Command::new("umount").arg(&tmpfs).status();
+        let _ = std::fs::remove_dir(&tmpfs);
+    }
+    assert_eq!(
+        shas[0], shas[1],
+        "built with scratch space on tmpfs vs on disk"
+    );
+}
+
+/// One PAX extended header record: `LEN KEY=VALUE\n`, LEN counting the whole record.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = 1 + key.len() + 1 + value.len() + 1;
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    assert_eq!(r.len(), len);
+    r
+}
+
+/// The mini rootfs plus `/opt/ping` carrying the file capability cap_net_raw+ep the way GNU tar
+/// `--xattrs` and mmdebstrap store it: a PAX `SCHILY.xattr.security.capability` record.
+fn rootfs_with_capability(dir: &Path) -> (PathBuf, Vec<u8>) {
+    // vfs_cap_data revision 2: magic|effective, permitted = 1 << CAP_NET_RAW (13), inheritable 0.
+    let mut cap = vec![0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00];
+    cap.extend_from_slice(&[0; 12]);
+    let out = dir.join("rootfs-cap.tar.gz");
+    let gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(&out).unwrap(),
+        flate2::Compression::fast(),
+    );
+    let mut b = tar::Builder::new(gz);
+    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(
+        std::fs::File::open(mini_node_rootfs()).unwrap(),
+    ));
+    for e in ar.entries().unwrap() {
+        let e = e.unwrap();
+        let mut h = e.header().clone();
+        let path = e.path().unwrap().into_owned();
+        match h.entry_type() {
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                let target = e.link_name().unwrap().unwrap().into_owned();
+                b.append_link(&mut h, &path, &target).unwrap();
+            }
+            _ => b.append_data(&mut h, &path, e).unwrap(),
+        }
+    }
+    let new_header = || {
+        let mut h = tar::Header::new_ustar();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_704_067_200);
+        h
+    };
+    let mut h = new_header();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    b.append_data(&mut h, "./opt/", std::io::empty()).unwrap();
+    let pax = pax_record("SCHILY.xattr.security.capability", &cap);
+    let mut h = new_header();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_mode(0o644);
+    h.set_size(pax.len() as u64);
+    b.append_data(&mut h, "./opt/PaxHeaders/ping", &pax[..])
+        .unwrap();
+    let body = b"#!/bin/sh\necho ping\n";
+    let mut h = new_header();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o755);
+    h.set_size(body.len() as u64);
+    b.append_data(&mut h, "./opt/ping", &body[..]).unwrap();
+    b.into_inner().unwrap().finish().unwrap();
+    (out, cap)
+}
+
+/// Extended attributes (here a file capability) in the rootfs tar reach the ext4, as read back
+/// by debugfs; e2fsck finds the filesystem clean.
+#[test]
+fn file_capabilities_in_the_rootfs_tar_reach_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rootfs, cap) = rootfs_with_capability(dir.path());
+    let img = dir.path().join("cap.img");
+    let o = imagegen(&args_for(
+        "rpi4",
+        img.to_str().unwrap(),
+        rootfs.to_str().unwrap(),
+    ));
+    assert!(o.status.success(), "{}", text(&o));
+    let (_, parts) = sfdisk(&img);
+    let ext = dir.path().join("root.ext4");
+    extract(&img, &parts[1], &ext);
+    run(Command::new("e2fsck").args(["-fn"]).arg(&ext));
+    let ea = debugfs(&ext, "ea_list /opt/ping");
+    let hex: Vec<String> = cap.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        ea.contains(&format!(
+            "security.capability ({}) = {} ",
+            cap.len(),
+            hex.join(" ")
+        )),
+        "ea_list /opt/ping: {ea}"
+    );
+    assert_eq!(stat(&ext, "/opt/ping"), Some((0o100755, 0, 0)));
+    // A file without one has none.
+    assert!(!debugfs(&ext, "ea_list /etc/hostname").contains("capability"));
 }
 
 // ---- flash ---------------------------------------------------------------------------------
@@ -881,6 +1043,185 @@ fn assert_fails_cleanly(o: &Output, code: i32, needle: &str, out_dir: &Path) {
         .filter(|n| n.contains(".img"))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// A k3s-like HTTPS server on 127.0.0.1 serving its CA at `/cacerts` (certificate chain: a
+/// serving certificate for 127.0.0.1 signed by that CA). Returns the URL and the CA's PEM.
+fn k3s_cacerts_server() -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::io::{BufRead, BufReader, Write};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "k3s-server-ca@1704067200");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let ca_pem = ca_cert.pem();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &Issuer::new(ca, ca_key))
+        .unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![
+                    leaf.der().clone(),
+                    CertificateDer::from(ca_cert.der().to_vec()),
+                ],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+            )
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let body = ca_pem.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let tls = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut s = rustls::StreamOwned::new(tls, conn);
+            let mut first = String::new();
+            let mut r = BufReader::new(&mut s);
+            if r.read_line(&mut first).is_err() {
+                continue;
+            }
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 2 {
+                line.clear();
+            }
+            let (status, b) = if first.starts_with("GET /cacerts ") {
+                ("200 OK", body.as_str())
+            } else {
+                ("404 Not Found", "")
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                b.len()
+            );
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
+    });
+    (url, ca_pem)
+}
+
+/// The offline lab topology with its k3s server moved to `url`.
+fn topology_with_server(dir: &Path, url: &str) -> PathBuf {
+    let text = std::fs::read_to_string(armfleet_tests::fixtures::offline_topology()).unwrap();
+    let lab = "server = \"https://10.10.10.1:6443\"";
+    assert!(text.contains(lab), "the lab topology names its server");
+    let p = dir.join("topology.toml");
+    std::fs::write(&p, text.replace(lab, &format!("server = \"{url}\""))).unwrap();
+    p
+}
+
+/// A secure token (K10<CA hash>::…) is checked against the server's `/cacerts` before anything
+/// is built: a match is said in the summary, a mismatch is a one-line error with no image left,
+/// an unreachable server is a note and the image is made.
+#[test]
+fn secure_token_is_checked_against_the_server_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, ca_pem) = k3s_cacerts_server();
+    let rootfs = mini_node_rootfs();
+    let good = imagegen::util::sha256_hex(ca_pem.as_bytes());
+    let wrong = imagegen::util::sha256_hex(b"another cluster's CA");
+    let out = dir.path().join("x.img");
+    let run_with = |server: &str, hash: &str, sub: &str| {
+        let d = dir.path().join(sub);
+        std::fs::create_dir(&d).unwrap();
+        let topo = topology_with_server(&d, server);
+        let token = d.join("token");
+        std::fs::write(&token, format!("K10{hash}::server:s3cr3tjointoken\n")).unwrap();
+        let out = d.join("x.img");
+        let o = imagegen(&[
+            "rpi4",
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            "--topology",
+            topo.to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        (o, d)
+    };
+
+    let (o, d) = run_with(&url, &wrong, "mismatch");
+    assert_fails_cleanly(
+        &o,
+        2,
+        &format!("the CA served by {url}/cacerts has sha256 {good}"),
+        &d,
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&wrong) && !err.contains("s3cr3t"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    let (o, _) = run_with(&url, &good, "match");
+    assert!(o.status.success(), "{}", text(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains(&format!("the CA served by {url} matches its hash")),
+        "{said}"
+    );
+
+    // A port nothing listens on (bound, then closed): refused at once.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("https://{}", l.local_addr().unwrap())
+    };
+    let (o, _) = run_with(&closed, &good, "unreachable");
+    assert!(o.status.success(), "{}", text(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains(&format!(
+            "its CA hash was not checked, {closed} is unreachable"
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("s3cr3t") && !out.exists());
+}
+
+/// An mke2fs older than 1.47.1 (it cannot read a tar) is refused with one line saying how to get
+/// a newer one, before anything is written. The old tool is stood in for by a script that
+/// answers `-V` like bookworm's e2fsprogs 1.47.0 does; every other tool is the real one.
+#[test]
+fn error_mke2fs_too_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let shim = bin.join("mke2fs");
+    std::fs::write(
+        &shim,
+        "#!/bin/sh\necho 'mke2fs 1.47.0 (5-Feb-2023)' >&2\necho '\tUsing EXT2FS Library version 1.47.0' >&2\nexit 0\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = dir.path().join("x.img");
+    let rootfs = mini_node_rootfs();
+    let o = imagegen_env(
+        &args_for("rpi4", out.to_str().unwrap(), rootfs.to_str().unwrap()),
+        &[("PATH", &path)],
+    );
+    assert_fails_cleanly(
+        &o,
+        3,
+        "mke2fs 1.47.0 is too old: imagegen needs 1.47.1 or newer",
+        dir.path(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("apt-get install -t bookworm-backports e2fsprogs libarchive13"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
 fn args_for<'a>(board: &'a str, out: &'a str, rootfs: &'a str) -> Vec<&'a str> {

@@ -105,6 +105,28 @@ fn stock_gki_kernel_fails_with_the_missing_options_named() {
     let r = node_runtime::kernel::check_kernel_config(&text);
     assert!(!r.passes());
     assert!(r.render().contains("FAIL:") && r.render().contains("CONFIG_PID_NS"));
+
+    // With the modules a stock GKI phone ships, `=m` no longer passes for br_netfilter.
+    let mut shipped = node_runtime::kernel::ModuleIndex::default();
+    shipped.add_paths(&std::fs::read_to_string(fixture("android14-6.1-gki-modules.txt")).unwrap());
+    let r = node_runtime::kernel::check_kernel_config_with_modules(&text, Some(&shipped));
+    let bnf = r
+        .required_missing
+        .iter()
+        .find(|o| o.name == "BRIDGE_NETFILTER")
+        .expect("br_netfilter is not shipped by GKI");
+    assert_eq!(bnf.module_not_shipped.as_deref(), Some("br_netfilter"));
+    assert!(
+        r.render()
+            .contains("built as module br_netfilter, which this kernel does not ship"),
+        "{}",
+        r.render()
+    );
+    // Built-in options stay present whatever the module list says.
+    assert!(
+        r.ok.iter()
+            .any(|o| o.name == "BRIDGE" && o.value.as_deref() == Some("y"))
+    );
 }
 
 #[test]

@@ -52,8 +52,7 @@ impl Rig {
     }
 
     /// node.toml for a phone: its own healthz port (phones share the host's network here).
-    /// No `k3s.data_image`: the virtual phone's mke2fs is busybox's, which cannot make ext4
-    /// with the options node-runtime passes (a gap of the test phone, not of a real one).
+    /// No `k3s.data_image` (the lifecycle test adds one): each image costs a loop device.
     fn config(&self, name: &str) -> PathBuf {
         let p = self.dir.path().join(format!("{name}.toml"));
         if p.exists() {
@@ -260,6 +259,13 @@ fn slow_phonectl_enroll_reboot_reenroll_unenroll() {
     let phone = rig.phone("rooted-magisk");
     let rootfs = mini_node_rootfs();
     let before = listing(&phone);
+    // The k3s data dir on an ext4 loop image, formatted by the phone's /system/bin/mke2fs.
+    let cfg = rig.config("phone-1");
+    let toml = std::fs::read_to_string(&cfg).unwrap().replace(
+        "[k3s]\n",
+        "[k3s]\ndata_image = { path = \"/data/armfleet/k3s-data.img\", size_mib = 256 }\n",
+    );
+    std::fs::write(&cfg, toml).unwrap();
 
     // Enroll.
     let o = rig.enroll_forced(&phone, "phone-1", &rootfs, &["--json"]);
@@ -267,6 +273,7 @@ fn slow_phonectl_enroll_reboot_reenroll_unenroll() {
     let first = summary(&o);
     assert_eq!(first["node"], "phone-1");
     let root = phone.root().join("data/armfleet");
+    assert_data_image_mounted(&rig, &phone, &root.join("k3s-data.img"), 256);
     assert!(
         root.join("rootfs/usr/local/bin/k3s").is_file(),
         "rootfs unpacked"
@@ -315,10 +322,10 @@ fn slow_phonectl_enroll_reboot_reenroll_unenroll() {
         serde_json::from_slice(&status.stdout).unwrap_or_else(|_| panic!("{}", text(&status)));
     assert_eq!(st["status"]["state"], "running", "{st}");
 
-    // Reboot: the boot hook brings the worker back.
+    // Reboot: the boot hook brings the worker back. The adb server forgets the phone (as it
+    // does when a network phone reboots); phonectl reconnects it by itself below.
     phone.reboot();
     rig.adb.adb(&["disconnect", &phone.serial()]);
-    rig.adb.connect(&phone);
     let runs = wait_for("the agent after reboot", Duration::from_secs(60), || {
         let r = standin_runs(&phone);
         (r.len() >= 2).then_some(r)
@@ -361,9 +368,15 @@ fn slow_phonectl_enroll_reboot_reenroll_unenroll() {
         text(&sh)
     );
 
-    // Unenroll: the phone is as before.
+    // Unenroll: the phone is as before (the data image is unmounted and removed with the rest).
     let o = rig.run(&["-s", &phone.serial(), "unenroll"]);
     ok(&o, &phone);
+    assert!(!root.join("k3s-data.img").exists());
+    assert_eq!(
+        phone_loop_devices(&phone),
+        Vec::<String>::new(),
+        "loop device left attached"
+    );
     let after = listing(&phone);
     let added: Vec<_> = after.difference(&before).collect();
     let removed: Vec<_> = before.difference(&after).collect();
@@ -373,6 +386,68 @@ fn slow_phonectl_enroll_reboot_reenroll_unenroll() {
     );
     let o = rig.run(&["-s", &phone.serial(), "status"]);
     user_error(&o, 3, &[&phone.serial(), "not enrolled"]);
+}
+
+/// The k3s data image is an ext4 filesystem of `size_mib` (checked on the host with e2fsprogs'
+/// own tools), labelled k3s-data, and mounted on the agent's k3s data dir.
+fn assert_data_image_mounted(rig: &Rig, phone: &VirtualPhone, image: &Path, size_mib: u64) {
+    let len = std::fs::metadata(image)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", image.display(), phone.logs()))
+        .len();
+    assert_eq!(len, size_mib << 20, "image size");
+    let blkid = Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(image)
+        .output()
+        .unwrap();
+    let blkid = String::from_utf8_lossy(&blkid.stdout).into_owned();
+    assert!(blkid.contains("TYPE=ext4"), "{blkid}");
+    assert!(blkid.contains("LABEL=k3s-data"), "{blkid}");
+    let head = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(image)
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).into_owned();
+    let field = |name: &str| -> u64 {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in dumpe2fs -h: {head}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(field("Block count") * field("Block size"), size_mib << 20);
+    // node-runtime mounts it in the worker's own mount namespace: look through the agent's eyes
+    // (its /proc/PID/mounts shows paths inside its chroot).
+    let st = rig.run(&["-s", &phone.serial(), "status", "--json"]);
+    let st: serde_json::Value =
+        serde_json::from_slice(&st.stdout).unwrap_or_else(|_| panic!("{}", text(&st)));
+    let pid = st["status"]["agent_pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no agent pid in {st}"));
+    let (code, mounts, err) = phone.root_shell(&format!("cat /proc/{pid}/mounts"));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        mounts.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"/var/lib/rancher/k3s") && f.get(2) == Some(&"ext4")
+        }),
+        "k3s data dir not mounted as ext4:\n{mounts}"
+    );
+}
+
+/// Loop devices whose backing file lies under the phone's root (as the host sees them).
+fn phone_loop_devices(phone: &VirtualPhone) -> Vec<String> {
+    let o = Command::new("losetup")
+        .args(["-a", "--noheadings", "-O", "NAME,BACK-FILE"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.contains(&phone.root().display().to_string()))
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -606,13 +681,50 @@ fn phonectl_error_not_rooted() {
 }
 
 #[test]
+fn phonectl_error_su_denied() {
+    // Magisk answers `su -v` but denies the shell uid: doctor and enroll (even forced: nothing
+    // can be done without root) refuse in one line that says where to grant it.
+    let rig = Rig::new();
+    let p = rig.phone("su-denied");
+    let rootfs = mini_node_rootfs();
+    let before = listing(&p);
+    let needles = [
+        p.serial(),
+        "su denied".into(),
+        "Permission denied".into(),
+        "Superuser, allow `Shell`".into(),
+    ];
+    let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+    let o = rig.run(&["-s", &p.serial(), "doctor"]);
+    user_error(&o, 3, &needles);
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        report
+            .lines()
+            .any(|l| l.contains("root") && l.contains("FAIL") && l.contains("Permission denied")),
+        "{report}"
+    );
+    user_error(&rig.enroll(&p, "phone-1", &rootfs, &[]), 3, &needles);
+    user_error(&rig.enroll_forced(&p, "phone-1", &rootfs, &[]), 3, &needles);
+    assert_eq!(before, listing(&p), "the refused phone was changed");
+}
+
+#[test]
 fn phonectl_error_armv7() {
     refused_enroll("armv7", &["armv7", "aarch64 only"]);
 }
 
 #[test]
 fn phonectl_error_kernel_missing_required_options() {
-    let line = refused_enroll("stock-gki", &["missing required options", "PID_NS"]);
+    // The phone ships GKI's module list, which has no br_netfilter: BRIDGE_NETFILTER=m is named.
+    let line = refused_enroll(
+        "stock-gki",
+        &[
+            "missing required options",
+            "PID_NS",
+            "BRIDGE_NETFILTER (=m, but br_netfilter.ko is not on the phone)",
+        ],
+    );
     assert!(line.contains("PHONES.md"), "{line}");
 }
 
@@ -647,6 +759,121 @@ fn phonectl_error_token_missing() {
     let o = rig.cmd().args(&args).output().unwrap();
     user_error(&o, 2, &["token", "no-such-token"]);
     assert_eq!(before, listing(&p));
+}
+
+/// A k3s-like server on 127.0.0.1: HTTPS with a serving certificate signed by its own CA, and
+/// that CA's PEM at `/cacerts` (what `k3s agent` and phonectl hash against the token). Returns
+/// the URL and the CA PEM; serves until the test process ends.
+fn k3s_like_https_server() -> (String, String) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::io::{BufRead, BufReader, Write};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "k3s-server-ca@1700000000");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let ca_pem = ca_cert.pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone(), ca_cert.der().clone()];
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let tls = std::sync::Arc::new(
+        rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let body = ca_pem.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let tls = tls.clone();
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(tls).unwrap();
+                let mut stream = rustls::StreamOwned::new(conn, tcp);
+                let mut reader = BufReader::new(&mut stream);
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    return;
+                }
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 && !line.trim().is_empty() {
+                    line.clear();
+                }
+                let (status, body) = if request.starts_with("GET /cacerts ") {
+                    ("200 OK", body.as_str())
+                } else {
+                    ("404 Not Found", "")
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.conn.send_close_notify();
+                let _ = stream.flush();
+            });
+        }
+    });
+    (url, ca_pem)
+}
+
+#[test]
+fn phonectl_token_ca_hash_checked_against_the_server() {
+    use sha2::Digest;
+    let rig = Rig::new();
+    let p = rig.phone("rooted-magisk");
+    let rootfs = mini_node_rootfs();
+    let (url, ca_pem) = k3s_like_https_server();
+    let cfg = rig.config("phone-1");
+    let toml: String = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            if l.starts_with("url = ") {
+                format!("url = \"{url}\"\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&cfg, toml).unwrap();
+    let token_file = rig.dir.path().join("token");
+    let before = listing(&p);
+
+    // Another cluster's token: refused before the phone is touched. Exit 2: what is wrong is the
+    // laptop-side input (the token or the server URL), not the phone.
+    let wrong = hex::encode(sha2::Sha256::digest(b"another cluster's CA"));
+    std::fs::write(&token_file, format!("K10{wrong}::server:s3cr3t-other\n")).unwrap();
+    let o = rig.enroll_forced(&p, "phone-1", &rootfs, &[]);
+    user_error(&o, 2, &[&url, "/cacerts", &wrong, "token expects"]);
+    assert!(!text(&o).contains("s3cr3t"), "token leaked: {}", text(&o));
+    assert_eq!(before, listing(&p), "the phone was changed");
+
+    // This server's token: the check passes and the enroll goes through.
+    let right = hex::encode(sha2::Sha256::digest(ca_pem.as_bytes()));
+    std::fs::write(&token_file, format!("K10{right}::server:s3cr3t-this\n")).unwrap();
+    let o = rig.enroll_forced(&p, "phone-1", &rootfs, &[]);
+    ok(&o, &p);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("the server's CA matches the token"),
+        "{}",
+        text(&o)
+    );
+    assert!(!text(&o).contains("s3cr3t"), "token leaked: {}", text(&o));
+    let token = p.root().join("data/armfleet/rootfs/etc/armfleet/token");
+    assert_eq!(
+        std::fs::read_to_string(token).unwrap().trim(),
+        format!("K10{right}::server:s3cr3t-this")
+    );
 }
 
 #[test]

@@ -846,6 +846,12 @@ fn su_request(mut sock: UnixStream, phone: &Inner) -> std::io::Result<()> {
             let _ = write!(err, "{msg}");
             code
         }
+        super::su::Request::Run { .. } if phone.profile.su_denies => {
+            // What Magisk's su client prints when the daemon's policy denies the uid.
+            let mut err = std::fs::File::from(stderr);
+            let _ = writeln!(err, "Permission denied");
+            1
+        }
         super::su::Request::Run { sh_args } => {
             // cd to the client's directory first, as magiskd does.
             let mut args = vec![

@@ -97,12 +97,21 @@ pub struct Profile {
     /// `su -V` output.
     #[serde(default)]
     pub su_version_code: String,
+    /// The root manager refuses the shell uid (Magisk's "Deny" for Shell, or a timed-out prompt):
+    /// `su -c` prints "Permission denied" and exits 1; `su -v` still answers.
+    #[serde(default)]
+    pub su_denies: bool,
     /// `getenforce`: Enforcing or Permissive.
     pub selinux: String,
     /// Kernel config fixtures in `tests/data/kernel-configs/`, concatenated in this order and
     /// served gzipped as `/proc/config.gz` (a defconfig plus the defaults `make olddefconfig`
     /// would add, or one full config).
     pub kernel_config: Vec<String>,
+    /// Module listings in `tests/data/kernel-configs/` (one `.ko` path per line, as `find` prints
+    /// them on a phone): each listed module becomes an empty file at that path in the phone, so
+    /// doctor sees which `=m` options the phone can load. Unset: no module directories at all.
+    #[serde(default)]
+    pub kernel_modules: Vec<String>,
     /// Size of `/data` in MiB when it is a small filesystem of its own; unset: as big as the host.
     #[serde(default)]
     pub data_size_mib: Option<u64>,

@@ -66,6 +66,42 @@ fn script(root: &Path, rel: &str, text: &str) {
     chown(&p, 0, 2000, 0o755);
 }
 
+/// Android ships e2fsprogs' mke2fs in /system/bin (linked against bionic); busybox's applet cannot
+/// make ext4. Here: Debian's arm64 mke2fs with the glibc loader and the libraries it needs, where
+/// that loader looks by default (`/lib/aarch64-linux-gnu`), so node-runtime formats the k3s data
+/// image with the real tool, as on a phone.
+fn e2fsprogs_mke2fs(root: &Path) {
+    use crate::debian::arm64_package_tree;
+    let mke2fs = install_file(root, "system/bin/mke2fs");
+    std::fs::copy(arm64_package_tree("e2fsprogs").join("sbin/mke2fs"), &mke2fs)
+        .expect("copy mke2fs");
+    chown(&mke2fs, 0, 2000, 0o755);
+    dir(root, "lib/aarch64-linux-gnu", 0, 0, 0o755);
+    // (package, file in the package; copied to lib/aarch64-linux-gnu under its soname).
+    for (package, file) in [
+        ("libc6", "lib/aarch64-linux-gnu/libc.so.6"),
+        ("libc6", "lib/aarch64-linux-gnu/ld-linux-aarch64.so.1"),
+        ("libext2fs2", "lib/aarch64-linux-gnu/libext2fs.so.2"),
+        ("libext2fs2", "lib/aarch64-linux-gnu/libe2p.so.2"),
+        ("libcom-err2", "lib/aarch64-linux-gnu/libcom_err.so.2"),
+        ("libblkid1", "usr/lib/aarch64-linux-gnu/libblkid.so.1"),
+        ("libuuid1", "usr/lib/aarch64-linux-gnu/libuuid.so.1"),
+    ] {
+        let name = Path::new(file).file_name().unwrap();
+        let dest = root.join("lib/aarch64-linux-gnu").join(name);
+        // fs::copy follows the package's soname symlinks to the real file.
+        std::fs::copy(arm64_package_tree(package).join(file), &dest)
+            .unwrap_or_else(|e| panic!("copy {file} from {package}: {e}"));
+        chown(&dest, 0, 0, 0o755);
+    }
+    // The ELF interpreter path mke2fs asks for.
+    symlink(
+        "aarch64-linux-gnu/ld-linux-aarch64.so.1",
+        root.join("lib/ld-linux-aarch64.so.1"),
+    )
+    .unwrap();
+}
+
 /// The phone-side `su` client (tests/data/vphone/su.c), compiled static for aarch64 once.
 pub fn su_client() -> PathBuf {
     use sha2::Digest;
@@ -272,6 +308,10 @@ pub(crate) fn build(root: &Path, profile: &Profile) {
     // busybox init as the phone's PID 1: it reaps orphans and otherwise stays idle.
     std::fs::write(root.join("etc/inittab"), "::sysinit:/bin/true\n").unwrap();
 
+    if profile.arch == Arch::Aarch64 {
+        e2fsprogs_mke2fs(root);
+    }
+
     // busybox's own su is not Android's: a phone has su only when rooted (installed below).
     for su in ["bin/su", "system/bin/su"] {
         install_file(root, su);
@@ -322,5 +362,22 @@ pub(crate) fn build(root: &Path, profile: &Profile) {
     std::fs::write(usb.join("type"), "USB\n").unwrap();
 
     std::fs::write(root.join(".vphone/config.gz"), kernel_config_gz(profile)).unwrap();
+    for listing in &profile.kernel_modules {
+        let path = workspace_root()
+            .join("tests/data/kernel-configs")
+            .join(listing);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "phone profile {}: module listing {}: {e}",
+                profile.name,
+                path.display()
+            )
+        });
+        for module in text.lines().filter(|l| l.starts_with('/')) {
+            let file = root.join(module.trim_start_matches('/'));
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, b"").unwrap();
+        }
+    }
     std::fs::write(root.join(".vphone/runtime.prop"), "").unwrap();
 }

@@ -197,17 +197,21 @@ fn shell(v2: bool, command: &str, stream: &Arc<Stream>, phone: &Arc<Inner>) {
                 continue;
             }
             pending.extend_from_slice(&chunk);
-            while pending.len() >= 5 {
-                let len = u32::from_le_bytes(pending[1..5].try_into().unwrap()) as usize;
-                if pending.len() < 5 + len {
+            // Whole frames are written from `pending` in place and dropped in one drain: this
+            // relays every byte of a rootfs pushed through stdin, so no per-byte work here.
+            let mut at = 0;
+            while pending.len() - at >= 5 {
+                let len = u32::from_le_bytes(pending[at + 1..at + 5].try_into().unwrap()) as usize;
+                if pending.len() - at < 5 + len {
                     break;
                 }
-                let id = pending[0];
-                let data: Vec<u8> = pending.drain(..5 + len).skip(5).collect();
+                let id = pending[at];
+                let data = &pending[at + 5..at + 5 + len];
+                at += 5 + len;
                 match id {
                     ID_STDIN => {
                         if let Some(s) = stdin.as_mut() {
-                            let _ = s.write_all(&data);
+                            let _ = s.write_all(data);
                         }
                     }
                     ID_CLOSE_STDIN => stdin = None,
@@ -215,6 +219,7 @@ fn shell(v2: bool, command: &str, stream: &Arc<Stream>, phone: &Arc<Inner>) {
                     _ => {}
                 }
             }
+            pending.drain(..at);
         }
         drop(stdin);
         if input_stream.is_host_closed() {

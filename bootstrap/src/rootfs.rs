@@ -57,6 +57,11 @@ pub const DPKG_PATH_FILTERS: &[&str] = &[
     "path-exclude=/usr/share/lintian/*",
 ];
 
+/// Run in the finished base: for reproducibility, no host name or resolver from the build
+/// machine; and the info index install-info generates (the pages themselves are filtered out).
+const CUSTOMIZE_HOOK: &str =
+    "rm -f \"$1/etc/hostname\" \"$1/etc/resolv.conf\" \"$1/usr/share/info/dir\"";
+
 /// Debian suite of the base.
 pub const DEFAULT_SUITE: &str = "bookworm";
 
@@ -862,7 +867,7 @@ pub fn resolve_base(
             Ok((dest, art, format!("pinned {url}")))
         }
         Base::Mmdebstrap(spec) => {
-            let spec_json = serde_json::json!({ "spec": spec, "epoch": epoch, "arch": "arm64", "variant": "minbase", "dpkg": DPKG_PATH_FILTERS });
+            let spec_json = serde_json::json!({ "spec": spec, "epoch": epoch, "arch": "arm64", "variant": "minbase", "dpkg": DPKG_PATH_FILTERS, "hook": CUSTOMIZE_HOOK });
             let key = crate::digest::sha256_hex(spec_json.to_string().as_bytes());
             let dir = cache
                 .join("base")
@@ -999,8 +1004,7 @@ fn run_mmdebstrap(
         .args(DPKG_PATH_FILTERS.iter().map(|f| format!("--dpkgopt={f}")))
         // Snapshot or proxied mirrors may serve Release files past their Valid-Until.
         .arg("--aptopt=Acquire::Check-Valid-Until \"false\"")
-        // Reproducibility: no machine-id, no host name or resolver from the build machine.
-        .arg("--customize-hook=rm -f \"$1/etc/hostname\" \"$1/etc/resolv.conf\"")
+        .arg(format!("--customize-hook={CUSTOMIZE_HOOK}"))
         .arg(&spec.suite)
         .arg(&tmp)
         .args(&spec.sources)

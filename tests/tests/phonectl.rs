@@ -661,6 +661,22 @@ fn phonectl_error_unauthorized() {
     assert_eq!(before, listing(&p));
 }
 
+#[test]
+fn phonectl_error_offline() {
+    // adbd never completes the handshake: the adb server lists the phone `offline`. phonectl
+    // gives a network phone a few seconds and a reconnect to come back, then says what to do.
+    let rig = Rig::new();
+    let p = rig.phone("offline");
+    assert_eq!(rig.adb.state(&p.serial()).as_deref(), Some("offline"));
+    let before = listing(&p);
+    let rootfs = mini_node_rootfs();
+    let needles = [p.serial(), "is offline".into(), "replug".into()];
+    let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+    user_error(&rig.run(&["-s", &p.serial(), "doctor"]), 3, &needles);
+    user_error(&rig.enroll(&p, "phone-1", &rootfs, &[]), 3, &needles);
+    assert_eq!(before, listing(&p), "the offline phone was changed");
+}
+
 fn refused_enroll(profile: &str, needles: &[&str]) -> String {
     let rig = Rig::new();
     let p = rig.phone(profile);

@@ -24,12 +24,24 @@ pub enum Auth {
     Accept,
     /// Send AUTH tokens and never accept: the user never answers the prompt.
     Never,
+    /// Keep the connection open and never answer CNXN (adbd hung, a phone stuck booting): the
+    /// adb server lists it as `offline`.
+    Silent,
 }
 
 impl Auth {
     /// True for the phone that keeps the host unauthorized.
     pub fn never_accepts(self) -> bool {
         self == Auth::Never
+    }
+
+    /// The state `adb devices` shows once the server has connected.
+    pub fn listed_state(self) -> &'static str {
+        match self {
+            Auth::Accept => "device",
+            Auth::Never => "unauthorized",
+            Auth::Silent => "offline",
+        }
     }
 }
 

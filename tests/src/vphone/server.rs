@@ -57,16 +57,13 @@ impl AdbServer {
             .expect("run adb (install the adb package)")
     }
 
-    /// `adb connect` to the phone, then waits until the server lists it as `device` (or as
-    /// `unauthorized` for a phone that never accepts). Returns the `adb connect` output.
+    /// `adb connect` to the phone, then waits until the server lists it as `device` (or
+    /// `unauthorized` / `offline` for a phone that never accepts / never answers). Returns the
+    /// `adb connect` output.
     pub fn connect(&self, phone: &VirtualPhone) -> Output {
         let serial = phone.serial();
         let out = self.adb(&["connect", &serial]);
-        let want = if phone.profile().auth.never_accepts() {
-            "unauthorized"
-        } else {
-            "device"
-        };
+        let want = phone.profile().auth.listed_state();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if self.state(&serial).as_deref() == Some(want) {

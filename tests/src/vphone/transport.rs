@@ -8,6 +8,7 @@
 //! which is how adbd treats them (adb_client skips some OKAYs and acknowledges OKAYs with OKAY).
 
 use super::phone::Inner;
+use super::profile::Auth;
 use super::services;
 use super::wire::*;
 use std::collections::{HashMap, VecDeque};
@@ -259,7 +260,9 @@ pub(crate) fn serve(tcp: TcpStream, phone: Arc<Inner>) {
                     .store(version < A_VERSION_SKIP_CHECKSUM, Ordering::Relaxed);
                 conn.max_payload
                     .store(msg.arg1.clamp(4096, MAX_PAYLOAD), Ordering::Relaxed);
-                if phone.profile.auth.never_accepts() {
+                if phone.profile.auth == Auth::Silent {
+                    phone.log("adbd: CNXN left unanswered (profile auth = silent)");
+                } else if phone.profile.auth.never_accepts() {
                     if conn.send(auth_token()).is_err() {
                         break;
                     }

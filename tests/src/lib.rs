@@ -3,6 +3,7 @@
 
 pub mod debian;
 pub mod fixtures;
+pub mod k3s_server;
 pub mod qemu;
 pub mod standin;
 pub mod util;

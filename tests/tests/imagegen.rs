@@ -1045,70 +1045,6 @@ fn assert_fails_cleanly(o: &Output, code: i32, needle: &str, out_dir: &Path) {
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
-/// A k3s-like HTTPS server on 127.0.0.1 serving its CA at `/cacerts` (certificate chain: a
-/// serving certificate for 127.0.0.1 signed by that CA). Returns the URL and the CA's PEM.
-fn k3s_cacerts_server() -> (String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    use std::io::{BufRead, BufReader, Write};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "k3s-server-ca@1704067200");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let ca_pem = ca_cert.pem();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &Issuer::new(ca, ca_key))
-        .unwrap();
-    let config = std::sync::Arc::new(
-        rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![
-                    leaf.der().clone(),
-                    CertificateDer::from(ca_cert.der().to_vec()),
-                ],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
-            )
-            .unwrap(),
-    );
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
-    let body = ca_pem.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let tls = rustls::ServerConnection::new(config.clone()).unwrap();
-            let mut s = rustls::StreamOwned::new(tls, conn);
-            let mut first = String::new();
-            let mut r = BufReader::new(&mut s);
-            if r.read_line(&mut first).is_err() {
-                continue;
-            }
-            let mut line = String::new();
-            while r.read_line(&mut line).unwrap_or(0) > 2 {
-                line.clear();
-            }
-            let (status, b) = if first.starts_with("GET /cacerts ") {
-                ("200 OK", body.as_str())
-            } else {
-                ("404 Not Found", "")
-            };
-            let _ = write!(
-                s,
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
-                b.len()
-            );
-            s.conn.send_close_notify();
-            let _ = s.flush();
-        }
-    });
-    (url, ca_pem)
-}
-
 /// The offline lab topology with its k3s server moved to `url`.
 fn topology_with_server(dir: &Path, url: &str) -> PathBuf {
     let text = std::fs::read_to_string(armfleet_tests::fixtures::offline_topology()).unwrap();
@@ -1125,7 +1061,7 @@ fn topology_with_server(dir: &Path, url: &str) -> PathBuf {
 #[test]
 fn secure_token_is_checked_against_the_server_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let (url, ca_pem) = k3s_cacerts_server();
+    let (url, ca_pem) = armfleet_tests::k3s_server::k3s_cacerts_server();
     let rootfs = mini_node_rootfs();
     let good = imagegen::util::sha256_hex(ca_pem.as_bytes());
     let wrong = imagegen::util::sha256_hex(b"another cluster's CA");

@@ -335,11 +335,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }),
         Cmd::Start { targets, wait } => for_each(port, &targets, |dev| {
             require_enrolled(dev)?;
-            enroll::root_ok(
-                dev,
-                &format!("rm -f {}", layout::DISABLED),
-                "clearing the stopped flag",
-            )?;
+            clear_stopped_flag(dev)?;
             let running = enroll::read_status(dev)?
                 .is_some_and(|s| s.state == node_runtime::status::AgentState::Running);
             if !running {
@@ -350,11 +346,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }),
         Cmd::Restart { targets, wait } => for_each(port, &targets, |dev| {
             require_enrolled(dev)?;
-            enroll::root_ok(
-                dev,
-                &format!("rm -f {}", layout::DISABLED),
-                "clearing the stopped flag",
-            )?;
+            clear_stopped_flag(dev)?;
             enroll::stop_worker(dev)?;
             enroll::start_worker(dev)?;
             enroll::wait_running(dev, Duration::from_secs(wait))?;
@@ -374,6 +366,16 @@ fn require_enrolled(dev: &AdbDevice) -> Result<(), Failure> {
         }
         .into());
     }
+    Ok(())
+}
+
+/// Undoes `phonectl stop`: the boot hook starts the worker again after a reboot.
+fn clear_stopped_flag(dev: &AdbDevice) -> Result<(), Failure> {
+    enroll::root_ok(
+        dev,
+        &format!("rm -f {}", layout::DISABLED),
+        "clearing the stopped flag",
+    )?;
     Ok(())
 }
 

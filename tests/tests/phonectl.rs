@@ -83,6 +83,17 @@ stop_grace_secs = 3
         p
     }
 
+    /// [`Rig::config`] with the k3s data dir on a 256 MiB ext4 loop image under /data (later
+    /// `config(name)` calls, as enroll's, return this file).
+    fn config_with_data_image(&self, name: &str) {
+        let cfg = self.config(name);
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "[k3s]\n",
+            "[k3s]\ndata_image = { path = \"/data/armfleet/k3s-data.img\", size_mib = 256 }\n",
+        );
+        std::fs::write(&cfg, text).unwrap();
+    }
+
     fn enroll_args(&self, name: &str, rootfs: &Path) -> Vec<String> {
         vec![
             "enroll".into(),
@@ -260,12 +271,7 @@ fn slow_phonectl_enroll_reboot_reenroll_unenroll() {
     let rootfs = mini_node_rootfs();
     let before = listing(&phone);
     // The k3s data dir on an ext4 loop image, formatted by the phone's /system/bin/mke2fs.
-    let cfg = rig.config("phone-1");
-    let toml = std::fs::read_to_string(&cfg).unwrap().replace(
-        "[k3s]\n",
-        "[k3s]\ndata_image = { path = \"/data/armfleet/k3s-data.img\", size_mib = 256 }\n",
-    );
-    std::fs::write(&cfg, toml).unwrap();
+    rig.config_with_data_image("phone-1");
 
     // Enroll.
     let o = rig.enroll_forced(&phone, "phone-1", &rootfs, &["--json"]);
@@ -367,6 +373,25 @@ fn slow_phonectl_enroll_reboot_reenroll_unenroll() {
         "{}",
         text(&sh)
     );
+
+    // stop / start / restart. stop leaves the flag the boot hook obeys; start only starts an
+    // agent that is not running, so its new run proves stop stopped the old one.
+    let disabled = phone
+        .root()
+        .join(phonectl::layout::DISABLED.trim_start_matches('/'));
+    let runs_before = standin_runs(&phone).len();
+    ok(&rig.run(&["-s", &phone.serial(), "stop"]), &phone);
+    assert!(disabled.exists(), "stop left no flag for the boot hook");
+    ok(&rig.run(&["-s", &phone.serial(), "start"]), &phone);
+    assert!(!disabled.exists(), "start left the stopped flag");
+    assert_eq!(
+        standin_runs(&phone).len(),
+        runs_before + 1,
+        "start after stop"
+    );
+    ok(&rig.run(&["-s", &phone.serial(), "restart"]), &phone);
+    assert!(!disabled.exists());
+    assert_eq!(standin_runs(&phone).len(), runs_before + 2, "restart");
 
     // Unenroll: the phone is as before (the data image is unmounted and removed with the rest).
     let o = rig.run(&["-s", &phone.serial(), "unenroll"]);
@@ -751,12 +776,7 @@ fn phonectl_error_not_enough_space_on_data() {
     let p = rig.phone("full-data");
     let rootfs = mini_node_rootfs();
     let before = listing(&p);
-    let cfg = rig.config("phone-1");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "[k3s]\n",
-        "[k3s]\ndata_image = { path = \"/data/armfleet/k3s-data.img\", size_mib = 256 }\n",
-    );
-    std::fs::write(&cfg, text).unwrap();
+    rig.config_with_data_image("phone-1");
     let o = rig.enroll(&p, "phone-1", &rootfs, &[]);
     user_error(&o, 3, &[&p.serial(), "not enough space on /data", "free"]);
     assert_eq!(before, listing(&p), "the refused phone was changed");

@@ -542,8 +542,10 @@ fn slow_phonectl_cable_pulled_mid_push_rerun_converges() {
                 .join("data/armfleet/rootfs/usr/local/bin/k3s")
                 .is_file()
         );
-        rig.adb.adb(&["disconnect", &phone.serial()]);
-        rig.adb.connect(&phone);
+        // The server reconnects to the network phone by itself; a disconnect + connect here
+        // would race that reconnection (see the vphone cut test).
+        rig.adb
+            .wait_for_state(&phone, "device", Duration::from_secs(40));
     }
     // Rerun without a cut converges on the new rootfs, and the worker runs from it.
     ok(&rig.enroll_forced(&phone, "phone-1", &v2, &[]), &phone);

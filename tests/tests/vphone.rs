@@ -520,8 +520,10 @@ fn cut_transport_mid_push_leaves_no_file_and_the_phone_usable() {
         "/data/local/tmp/f.bin",
     ]);
     assert!(!out.status.success(), "{out:?}");
-    adb.adb(&["disconnect", &phone.serial()]);
-    adb.connect(&phone);
+    // The server lists the phone `offline` and reconnects to it by itself (adb does so for
+    // network devices). A `disconnect` + `connect` here would race that reconnection: when it
+    // lands mid-reconnect, the server keeps a transport that stays offline.
+    adb.wait_for_state(&phone, "device", Duration::from_secs(40));
     let (rc, out, _) = sh(&adb, &phone, "ls /data/local/tmp");
     assert_eq!((rc, out.as_str()), (0, ""), "adbd removes a partial push");
 }

@@ -64,18 +64,38 @@ impl AdbServer {
         let serial = phone.serial();
         let out = self.adb(&["connect", &serial]);
         let want = phone.profile().auth.listed_state();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let listed = self.poll_state(&serial, want, Duration::from_secs(20));
+        assert!(
+            listed.as_deref() == Some(want),
+            "{serial} did not become {want} after adb connect (listed: {listed:?}): {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            phone.logs()
+        );
+        out
+    }
+
+    /// Waits until the server lists the phone in state `want`; panics with the last state seen
+    /// and the phone's logs after `timeout`.
+    pub fn wait_for_state(&self, phone: &VirtualPhone, want: &str, timeout: Duration) {
+        let serial = phone.serial();
+        let listed = self.poll_state(&serial, want, timeout);
+        assert!(
+            listed.as_deref() == Some(want),
+            "{serial} did not become {want} within {timeout:?} (listed: {listed:?})\n{}",
+            phone.logs()
+        );
+    }
+
+    /// Polls `adb devices` until `serial` is in state `want` or `timeout` passes; returns the
+    /// last state seen.
+    fn poll_state(&self, serial: &str, want: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
         loop {
-            if self.state(&serial).as_deref() == Some(want) {
-                return out;
+            let listed = self.state(serial);
+            if listed.as_deref() == Some(want) || Instant::now() >= deadline {
+                return listed;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{serial} did not become {want} after adb connect: {}{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                phone.logs()
-            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }

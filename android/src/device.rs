@@ -5,7 +5,7 @@ use crate::adb::AdbError;
 use std::io::Read;
 
 /// What a remote command did: its real exit status and its two output streams, kept apart.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShellOutput {
     /// The exit status the device reported.
     pub status: i32,
@@ -87,6 +87,107 @@ pub trait Device: Send + Sync {
     fn stat(&self, remote: &str) -> Result<Option<RemoteStat>, AdbError>;
 }
 
+/// Runs `cmds` in one shell on the phone and returns one [`ShellOutput`] per command, in order.
+///
+/// One shell instead of one per command: on a phone each `adb shell` is a round trip and a
+/// process start, and each `su` a hand-off to the root daemon; a probe of a dozen facts paid that
+/// a dozen times. With `root` the whole batch runs in one `su -c`.
+///
+/// After each command the script writes a marker line to stdout (with the command's exit status)
+/// and to stderr. The marker carries a nonce made fresh for every call, so no output — binary
+/// `/proc/config.gz` included — can end a section early by looking like one. Only shell
+/// built-ins (`echo`) write the markers: on a phone every extra exec costs.
+///
+/// When the batch dies before a command's marker (no `su`, `su` denied), that command and all
+/// after it get the batch's own exit status (255 if it claimed success) and its remaining output.
+pub fn shell_batch(
+    dev: &dyn Device,
+    cmds: &[&str],
+    root: bool,
+) -> Result<Vec<ShellOutput>, AdbError> {
+    let nonce = batch_nonce();
+    let mut script = String::new();
+    for (i, cmd) in cmds.iter().enumerate() {
+        // `{ }` rather than `( )`: no fork per command. stdin closed: a command must not eat the
+        // script's (su reads the script from its argument, but a stray read would still block).
+        script.push_str(&format!(
+            "{{\n{cmd}\n}} </dev/null; r=$?; echo; echo \"{nonce} {i} $r\"; echo >&2; echo \"{nonce} {i}\" >&2\n"
+        ));
+    }
+    let out = dev.shell(&if root { as_root(&script) } else { script })?;
+    Ok(split_batch(&out, &nonce, cmds.len()))
+}
+
+/// A marker nonce no command output will contain by chance: 128 bits from std's randomly keyed
+/// hasher (fresh keys per `RandomState`), as hex.
+fn batch_nonce() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let word = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.finish()
+    };
+    format!("armfleet-{:016x}{:016x}", word(), word())
+}
+
+/// Splits a batch's streams at its markers (see [`shell_batch`]).
+fn split_batch(out: &ShellOutput, nonce: &str, count: usize) -> Vec<ShellOutput> {
+    // The same prefix starts the stdout and the stderr markers.
+    let marker = format!("\n{nonce} ");
+    let mut rest_out: &[u8] = &out.stdout;
+    let mut rest_err: &[u8] = &out.stderr;
+    let mut results = Vec::with_capacity(count);
+    for i in 0..count {
+        // stdout: "<output>\n<nonce> <i> <status>\n"
+        let marked = find(rest_out, marker.as_bytes()).and_then(|at| {
+            let tail = &rest_out[at + marker.len()..];
+            let end = tail.iter().position(|&b| b == b'\n')?;
+            let line = std::str::from_utf8(&tail[..end]).ok()?;
+            let (index, status) = line.split_once(' ')?;
+            (index.parse::<usize>().ok()? == i).then_some(())?;
+            Some((at, status.parse::<i32>().ok()?, &tail[end + 1..]))
+        });
+        let Some((at, status, after)) = marked else {
+            // The batch ended here: this command and the ones after it carry its verdict.
+            let status = if out.status == 0 { 255 } else { out.status };
+            for _ in i..count {
+                results.push(ShellOutput {
+                    status,
+                    stdout: rest_out.to_vec(),
+                    stderr: rest_err.to_vec(),
+                });
+            }
+            return results;
+        };
+        let stdout = rest_out[..at].to_vec();
+        rest_out = after;
+        let want = format!("{i}\n");
+        let stderr = match find(rest_err, marker.as_bytes()) {
+            Some(e) if rest_err[e + marker.len()..].starts_with(want.as_bytes()) => {
+                let section = rest_err[..e].to_vec();
+                rest_err = &rest_err[e + marker.len() + want.len()..];
+                section
+            }
+            _ => std::mem::take(&mut rest_err).to_vec(),
+        };
+        results.push(ShellOutput {
+            status,
+            stdout,
+            stderr,
+        });
+    }
+    results
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 /// Quotes `s` for a POSIX shell (single quotes; works in Android's mksh, toybox and busybox ash).
 pub fn sh_quote(s: &str) -> String {
     if !s.is_empty()
@@ -124,5 +225,109 @@ mod tests {
             stderr: b"first\nlast\n\n".to_vec(),
         };
         assert_eq!(o.err_line(), "last");
+    }
+
+    /// The host's `sh` standing in for the phone's: enough to run a batch script for real.
+    struct HostShell;
+
+    impl Device for HostShell {
+        fn serial(&self) -> &str {
+            "host"
+        }
+        fn exec(
+            &self,
+            cmd: &str,
+            _stdin: Option<&mut (dyn Read + Send)>,
+            _progress: &mut (dyn FnMut(u64) + Send),
+        ) -> Result<ShellOutput, AdbError> {
+            let o = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .output()
+                .expect("run sh");
+            Ok(ShellOutput {
+                status: o.status.code().unwrap_or(-1),
+                stdout: o.stdout,
+                stderr: o.stderr,
+            })
+        }
+        fn push(
+            &self,
+            _: &mut dyn Read,
+            _: &str,
+            _: u32,
+            _: &mut dyn FnMut(u64),
+        ) -> Result<u64, AdbError> {
+            unreachable!()
+        }
+        fn pull(&self, _: &str, _: &mut dyn std::io::Write) -> Result<u64, AdbError> {
+            unreachable!()
+        }
+        fn stat(&self, _: &str) -> Result<Option<RemoteStat>, AdbError> {
+            unreachable!()
+        }
+    }
+
+    #[test]
+    fn batch_keeps_each_commands_streams_and_status_apart() {
+        // Output without a final newline, binary bytes, a line shaped like a marker (but with
+        // another nonce), stderr, and a failing command in the middle.
+        let outs = shell_batch(
+            &HostShell,
+            &[
+                "printf 'no newline'",
+                "printf '\\001\\000\\377\\n\\n'; echo 'armfleet-0000 1 0'",
+                "echo oops >&2; exit_code() { return 7; }; exit_code",
+                "cat; echo after",
+            ],
+            false,
+        )
+        .unwrap();
+        assert_eq!(outs.len(), 4);
+        assert_eq!(outs[0].stdout, b"no newline");
+        assert_eq!(outs[0].status, 0);
+        assert_eq!(outs[1].stdout, b"\x01\x00\xff\n\narmfleet-0000 1 0\n");
+        assert_eq!(
+            (outs[2].status, outs[2].stderr.as_slice()),
+            (7, &b"oops\n"[..])
+        );
+        assert!(outs[2].stdout.is_empty());
+        // stdin is closed for each command: `cat` ends at once instead of eating the script.
+        assert_eq!(
+            (outs[3].status, outs[3].stdout.as_slice()),
+            (0, &b"after\n"[..])
+        );
+    }
+
+    #[test]
+    fn a_batch_that_dies_gives_its_failure_to_the_commands_left() {
+        // As when `su` is denied: nothing ran, the shell says why.
+        let died = ShellOutput {
+            status: 1,
+            stdout: Vec::new(),
+            stderr: b"Permission denied\n".to_vec(),
+        };
+        let outs = split_batch(&died, "armfleet-n", 2);
+        assert!(
+            outs.iter()
+                .all(|o| o.status == 1 && o.err_line() == "Permission denied")
+        );
+        // Died after the first command: it keeps its result, the second gets the failure.
+        let half = ShellOutput {
+            status: 0,
+            stdout: b"0\n\narmfleet-n 0 0\npartial".to_vec(),
+            stderr: b"\narmfleet-n 0\nkilled\n".to_vec(),
+        };
+        let outs = split_batch(&half, "armfleet-n", 2);
+        assert_eq!(
+            (outs[0].status, outs[0].stdout.as_slice()),
+            (0, &b"0\n"[..])
+        );
+        assert!(outs[0].stderr.is_empty());
+        assert_eq!(
+            (outs[1].status, outs[1].err_line().as_str()),
+            (255, "killed")
+        );
+        assert_eq!(outs[1].stdout, b"partial");
     }
 }

@@ -6,7 +6,7 @@
 //! `node-runtime check-kernel` can never disagree.
 
 use crate::adb::AdbError;
-use crate::device::{Device, ShellOutput, as_root};
+use crate::device::{Device, ShellOutput, shell_batch};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -82,45 +82,53 @@ pub fn parse_getprop(text: &str) -> BTreeMap<String, String> {
 
 /// Reads the facts. Read-only commands; root ones through `su -c`.
 pub fn probe(dev: &dyn Device) -> Result<Facts, AdbError> {
-    // Independent read-only commands, run concurrently (each is one adb round trip and one
-    // process start on the phone: latency, not bandwidth, is what costs).
-    let root_config = as_root("cat /proc/config.gz");
-    let module_files = as_root(&format!(
-        "find {} -name '*.ko*' 2>/dev/null",
-        MODULE_DIRS.join(" ")
-    ));
-    let cmds: [&str; 11] = [
+    Ok(probe_with(dev, None)?.0)
+}
+
+/// [`probe`], plus one more read-only root command run in the same `su` (enroll asks for the
+/// hashes of what it installed before). Its output comes back as the phone gave it; when root
+/// is not granted, it carries su's failure.
+pub fn probe_with(
+    dev: &dyn Device,
+    extra_root: Option<&str>,
+) -> Result<(Facts, ShellOutput), AdbError> {
+    // Two batches (see shell_batch), the shell user's and root's, run concurrently: two round
+    // trips and two shells in all, where a probe used to start a process per fact.
+    let module_files = format!("find {} -name '*.ko*' 2>/dev/null", MODULE_DIRS.join(" "));
+    let shell_cmds = [
         "getprop",
         "uname -r -m",
-        &as_root("id -u"),
         "su -v",
         "getenforce",
-        &root_config,
         "cat /proc/mounts",
         "stat -f -c '%a %S' /data",
         "cat /sys/class/power_supply/battery/capacity /sys/class/power_supply/battery/status",
-        &module_files,
         "cat /proc/modules",
     ];
-    let outs: Vec<Result<ShellOutput, AdbError>> = std::thread::scope(|s| {
-        let hs: Vec<_> = cmds.iter().map(|c| s.spawn(move || dev.shell(c))).collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("probe thread"))
-            .collect()
+    let mut root_cmds = vec!["id -u", "cat /proc/config.gz", module_files.as_str()];
+    root_cmds.extend(extra_root);
+    let (shell_outs, root_outs) = std::thread::scope(|s| {
+        let root = s.spawn(|| shell_batch(dev, &root_cmds, true));
+        let shell = shell_batch(dev, &shell_cmds, false);
+        (shell, root.join().expect("probe thread"))
     });
-    let mut outs = outs.into_iter();
-    let mut next = || outs.next().expect("one output per command");
-    let props = parse_getprop(&next()?.out());
+    let mut shell_outs = shell_outs?.into_iter();
+    let mut root_outs = root_outs?.into_iter();
+    let mut sh = || shell_outs.next().expect("one output per command");
+    let (getprop, uname, su_version, getenforce, mounts, df, bat, loaded) =
+        (sh(), sh(), sh(), sh(), sh(), sh(), sh(), sh());
+    let mut su = || root_outs.next().expect("one output per command");
+    let (id, cfg, module_files) = (su(), su(), su());
+    let extra = root_outs.next().unwrap_or_default();
+    let props = parse_getprop(&getprop.out());
     let prop = |k: &str| props.get(k).filter(|v| !v.is_empty()).cloned();
-    let uname = next()?.out();
+    let uname = uname.out();
     let mut words = uname.split_whitespace();
     let kernel_release = words.next().unwrap_or("").to_owned();
     let machine = words.next().unwrap_or("").to_owned();
 
-    let id = next()?;
-    let v = next()?;
     let root = if id.success() && id.out() == "0" {
-        let ver = v.out();
+        let ver = su_version.out();
         let lower = ver.to_lowercase();
         Root::Granted(if lower.contains("kernelsu") {
             format!("KernelSU {}", ver.split(':').next().unwrap_or(&ver))
@@ -141,9 +149,9 @@ pub fn probe(dev: &dyn Device) -> Result<Facts, AdbError> {
     };
     let rooted = matches!(root, Root::Granted(_));
 
-    let selinux = Some(next()?).filter(|o| o.success()).map(|o| o.out());
+    let selinux = Some(getenforce).filter(|o| o.success()).map(|o| o.out());
 
-    let mut cfg = next()?;
+    let mut cfg = cfg;
     if !rooted {
         // Some phones let the shell user read it.
         cfg = dev.shell("cat /proc/config.gz")?;
@@ -154,7 +162,7 @@ pub fn probe(dev: &dyn Device) -> Result<Facts, AdbError> {
         Err(cfg.err_line())
     };
 
-    let mounts = next()?.out();
+    let mounts = mounts.out();
     let cgroup_mounts = mounts
         .lines()
         .filter_map(|l| {
@@ -164,21 +172,18 @@ pub fn probe(dev: &dyn Device) -> Result<Facts, AdbError> {
         })
         .collect();
 
-    let df = next()?;
     let data_free = df.success().then(|| df.out()).and_then(|s| {
         let mut w = s.split_whitespace().map(|x| x.parse::<u64>().ok());
         Some(w.next()?? * w.next()??)
     });
 
-    let bat = next()?;
     let bat_out = String::from_utf8_lossy(&bat.stdout).into_owned();
     let mut bat_lines = bat_out.lines();
     let battery_percent = bat_lines.next().and_then(|l| l.trim().parse().ok());
     let battery_status = bat_lines.next().map(|l| l.trim().to_owned());
 
     // find exits non-zero when one of the directories does not exist: judge by what it printed.
-    let files = String::from_utf8_lossy(&next()?.stdout).into_owned();
-    let loaded = next()?;
+    let files = String::from_utf8_lossy(&module_files.stdout).into_owned();
     let modules = files.contains(".ko").then(|| ModuleListing {
         files,
         loaded: if loaded.success() {
@@ -188,7 +193,7 @@ pub fn probe(dev: &dyn Device) -> Result<Facts, AdbError> {
         },
     });
 
-    Ok(Facts {
+    let facts = Facts {
         serial: dev.serial().to_owned(),
         model: prop("ro.product.model"),
         android: prop("ro.build.version.release"),
@@ -204,7 +209,8 @@ pub fn probe(dev: &dyn Device) -> Result<Facts, AdbError> {
         data_free,
         battery_percent,
         battery_status,
-    })
+    };
+    Ok((facts, extra))
 }
 
 /// A verdict on one item.

@@ -117,8 +117,9 @@ pub struct EnrollSpec<'a> {
     pub token: &'a str,
     /// The node rootfs tarball (`rootfs.tar.gz`).
     pub rootfs: &'a Path,
-    /// Its sha256.
-    pub rootfs_sha256: String,
+    /// Its sha256, hashed on another thread while the phone is probed (a rootfs is ~100 MB):
+    /// the first call waits for it, `Err` says why the file could not be read.
+    pub rootfs_sha256: &'a (dyn Fn() -> Result<String, String> + Sync),
     /// The static aarch64 node-runtime binary.
     pub node_runtime: &'a Path,
     /// Go on despite failing preflight verdicts.
@@ -279,6 +280,12 @@ pub fn write_root_files(dev: &dyn Device, files: &[(&str, &str, &[u8])]) -> Resu
     Ok(())
 }
 
+/// The commands of `jobs`, each run only if the ones before succeeded.
+fn joined(jobs: &[(String, String)]) -> String {
+    let cmds: Vec<&str> = jobs.iter().map(|(_, c)| c.as_str()).collect();
+    cmds.join(" && ")
+}
+
 /// sha256 hex of bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -308,12 +315,18 @@ pub fn remote_hashes(
     dev: &dyn Device,
     paths: &[&str],
 ) -> Result<BTreeMap<String, String>, PhoneError> {
+    let out = dev.shell(&as_root(&hashes_command(paths)))?;
+    Ok(parse_hashes(&out))
+}
+
+/// The (root) command behind [`remote_hashes`].
+fn hashes_command(paths: &[&str]) -> String {
     let list: Vec<String> = paths.iter().map(|p| sh_quote(p)).collect();
     // sha256sum exits non-zero when some file is missing; the lines it did print are what exists.
-    let out = dev.shell(&as_root(&format!(
-        "sha256sum {} 2>/dev/null",
-        list.join(" ")
-    )))?;
+    format!("sha256sum {} 2>/dev/null", list.join(" "))
+}
+
+fn parse_hashes(out: &ShellOutput) -> BTreeMap<String, String> {
     let mut map = BTreeMap::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         if let Some((hash, path)) = line.split_once(char::is_whitespace) {
@@ -323,7 +336,7 @@ pub fn remote_hashes(
             }
         }
     }
-    Ok(map)
+    map
 }
 
 /// Puts the phone layout into a node.toml made from the topology.
@@ -403,28 +416,30 @@ pub fn enroll(
 
     // What is there already (read-only): decides the space needed and what to send.
     step(progress, "inspect", None);
-    let facts = doctor::probe(dev)?;
-    laps.lap("doctor probe");
+    // The hashes of what an earlier enroll installed come back with the probe's root commands.
+    let installed = hashes_command(&[
+        layout::BIN,
+        layout::CONFIG,
+        layout::ROOTFS_SHA,
+        &token_path,
+        &prop_path,
+        &service_path,
+        layout::DISABLED,
+    ]);
+    let (facts, hashes) = doctor::probe_with(dev, Some(&installed))?;
+    laps.lap("doctor probe, remote hashes");
     let rooted = matches!(facts.root, doctor::Root::Granted(_));
     let have = if rooted {
-        remote_hashes(
-            dev,
-            &[
-                layout::BIN,
-                layout::CONFIG,
-                layout::ROOTFS_SHA,
-                &token_path,
-                &prop_path,
-                &service_path,
-                layout::DISABLED,
-            ],
-        )?
+        parse_hashes(&hashes)
     } else {
         BTreeMap::new()
     };
-    laps.lap("remote hashes");
     let same = |path: &str, want: &str| have.get(path).map(String::as_str) == Some(want);
-    let rootfs_marker = format!("{}\n", spec.rootfs_sha256);
+    let rootfs_sha256 = (spec.rootfs_sha256)().map_err(|e| PhoneError::Local {
+        path: spec.rootfs.to_owned(),
+        source: std::io::Error::other(e),
+    })?;
+    let rootfs_marker = format!("{rootfs_sha256}\n");
     let rootfs_current = same(layout::ROOTFS_SHA, &sha256_hex(rootfs_marker.as_bytes()));
     let rootfs_size = std::fs::metadata(spec.rootfs)
         .map_err(|source| PhoneError::Local {
@@ -468,6 +483,7 @@ pub fn enroll(
     }
 
     laps.lap("assess");
+    let mut install_bin: Option<String> = None;
     // node-runtime: pushed where the shell user may write, then moved into place as root.
     let nr_hash = sha256_file(spec.node_runtime)?;
     if same(layout::BIN, &nr_hash) {
@@ -491,65 +507,33 @@ pub fn enroll(
             .unwrap()
             .display()
             .to_string();
-        root_ok(
-            dev,
-            &format!(
-                "mkdir -p {d} && cp {s} {b}.new && chmod 0755 {b}.new && mv -f {b}.new {b} && rm -f {s}",
-                d = bin_dir,
-                s = layout::STAGING_BIN,
-                b = layout::BIN
-            ),
-            "installing node-runtime",
-        )?;
+        // Moved into place by the one root shell below, not one of its own.
+        install_bin = Some(format!(
+            "mkdir -p {d} && cp {s} {b}.new && chmod 0755 {b}.new && mv -f {b}.new {b} && rm -f {s}",
+            d = bin_dir,
+            s = layout::STAGING_BIN,
+            b = layout::BIN
+        ));
         done(progress, "node-runtime", doctor::human(sent));
         changed.push("node-runtime".to_owned());
     }
 
     laps.lap("node-runtime");
-    // The rootfs: streamed straight into `node-runtime unpack`, swapped in only when complete.
-    let mut token_needed = !same(&token_path, &sha256_hex(spec.token.as_bytes()));
-    if rootfs_current {
+    // Everything else happens in one root shell (each `su` is a round trip and a hand-off to
+    // the root daemon): node-runtime moved into place, the rootfs streamed straight into
+    // `node-runtime unpack` (swapped in only when complete), then node.toml, the token, the
+    // boot hook and the rootfs marker by `node-runtime write-files` from the same stdin, the
+    // stopped flag cleared, the worker started. `&&` between them: a failure stops the rest,
+    // and every step leaves what was there intact until its own atomic swap.
+    let install_rootfs = !rootfs_current;
+    if install_rootfs {
+        changed.push("rootfs".to_owned());
+    } else {
         skip(progress, "rootfs", "unchanged (sha256 matches)");
         unchanged.push("rootfs".to_owned());
-    } else {
-        if have.contains_key(layout::CONFIG) {
-            // The worker runs from the old rootfs; stop it before swapping.
-            stop_worker(dev)?;
-        }
-        step(progress, "rootfs", Some(rootfs_size));
-        let mut f = std::fs::File::open(spec.rootfs).map_err(|source| PhoneError::Local {
-            path: spec.rootfs.to_owned(),
-            source,
-        })?;
-        // The marker is written by the same root shell once the unpack succeeded.
-        let cmd = as_root(&format!(
-            "rm -f {m} && {b} unpack --dest {r} --sha256 {h} && printf '%s\\n' {h} > {m}.new && chmod 0644 {m}.new && mv -f {m}.new {m}",
-            m = layout::ROOTFS_SHA,
-            b = layout::BIN,
-            r = layout::ROOTFS,
-            h = spec.rootfs_sha256
-        ));
-        let out = dev.exec(&cmd, Some(&mut f), &mut |n| {
-            progress.event(Event::Bytes {
-                step: "rootfs".into(),
-                done: n,
-            })
-        })?;
-        if !out.success() {
-            return Err(remote(
-                dev,
-                "installing the rootfs",
-                &out,
-                ": the previous rootfs (if any) is untouched; rerun enroll",
-            ));
-        }
-        done(progress, "rootfs", doctor::human(rootfs_size));
-        changed.push("rootfs".to_owned());
-        // A fresh rootfs has no token in it.
-        token_needed = true;
     }
-
-    laps.lap("rootfs");
+    // A fresh rootfs has no token in it.
+    let token_needed = install_rootfs || !same(&token_path, &sha256_hex(spec.token.as_bytes()));
     let mut writes: Vec<(String, &str, &[u8])> = Vec::new();
     for (name, path, mode, content, need) in [
         (
@@ -593,47 +577,128 @@ pub fn enroll(
             }
         }
     }
-    if !writes.is_empty() {
-        let what: Vec<&str> = changed
-            .iter()
-            .map(String::as_str)
-            .filter(|c| ["config", "token", "boot hook"].contains(c))
-            .collect();
-        let what = what.join(", ");
-        step(progress, &what, None);
-        let files: Vec<(&str, &str, &[u8])> = writes
-            .iter()
-            .map(|(p, m, c)| (p.as_str(), *m, *c))
-            .collect();
-        write_root_files(dev, &files)?;
-        let paths: Vec<&str> = writes.iter().map(|(p, _, _)| p.as_str()).collect();
-        done(progress, &what, paths.join(", "));
-    }
-    // An owner's earlier `phonectl stop` is undone by enroll: the worker is meant to run.
-    if have.contains_key(layout::DISABLED) {
-        root_ok(
-            dev,
-            &format!("rm -f {}", layout::DISABLED),
-            "clearing the stopped flag",
-        )?;
+    // The marker that says which rootfs is installed: written with the files, after the unpack.
+    if install_rootfs {
+        writes.push((
+            layout::ROOTFS_SHA.to_owned(),
+            "0644",
+            rootfs_marker.as_bytes(),
+        ));
     }
 
-    laps.lap("config, token, boot hook");
-    step(progress, "start", None);
-    let status = read_status(dev)?;
+    // A worker must stop before its rootfs or config is replaced. Only a phone that had
+    // node-runtime can run one: a first enroll need not ask.
+    let status = if have.contains_key(layout::BIN) {
+        read_status(dev)?
+    } else {
+        None
+    };
     let running = status
         .as_ref()
         .is_some_and(|s| s.state == AgentState::Running || s.state == AgentState::Preparing);
-    if changed.is_empty() && running {
-        skip(progress, "start", "already running");
-    } else {
-        if running {
-            stop_worker(dev)?;
-        }
-        start_worker(dev)?;
-        done(progress, "start", String::new());
+    // Backing off or paused, a supervisor is still there (and its chroot mounted).
+    let supervised = status.is_some_and(|s| s.state != AgentState::Stopped);
+    let start = !(changed.is_empty() && running);
+    if start && (supervised || install_rootfs && have.contains_key(layout::CONFIG)) {
+        stop_worker(dev)?;
     }
-    laps.lap("start");
+
+    let mut jobs: Vec<(String, String)> = Vec::new();
+    if let Some(install) = install_bin.take() {
+        jobs.push(("installing node-runtime".into(), install));
+    }
+    if install_rootfs {
+        jobs.push((
+            "installing the rootfs".into(),
+            format!(
+                "rm -f {m} && {b} unpack --bytes {n} --dest {r} --sha256 {h}",
+                m = layout::ROOTFS_SHA,
+                b = layout::BIN,
+                n = rootfs_size,
+                r = layout::ROOTFS,
+                h = rootfs_sha256
+            ),
+        ));
+    }
+    if !writes.is_empty() {
+        let specs: Vec<String> = writes
+            .iter()
+            .map(|(path, mode, content)| sh_quote(&format!("{path}:{mode}:{}", content.len())))
+            .collect();
+        let paths: Vec<&str> = writes.iter().map(|(p, _, _)| p.as_str()).collect();
+        jobs.push((
+            format!("writing {}", paths.join(", ")),
+            format!(
+                "{} write-files --file {}",
+                layout::BIN,
+                specs.join(" --file ")
+            ),
+        ));
+    }
+    if have.contains_key(layout::DISABLED) {
+        jobs.push((
+            "clearing the stopped flag".into(),
+            format!("rm -f {}", layout::DISABLED),
+        ));
+    }
+    if start {
+        jobs.push((
+            "starting node-runtime".into(),
+            format!("{} run --detach --config {}", layout::BIN, layout::CONFIG),
+        ));
+    }
+    if !jobs.is_empty() {
+        let files: Vec<u8> = writes
+            .iter()
+            .flat_map(|(_, _, c)| c.iter().copied())
+            .collect();
+        let names: Vec<&str> = changed
+            .iter()
+            .map(String::as_str)
+            .filter(|c| *c != "node-runtime")
+            .collect();
+        let names = if names.is_empty() {
+            "start".to_owned()
+        } else {
+            names.join(", ")
+        };
+        // Progress counts the rootfs bytes when there is a rootfs, else the step as a whole.
+        step(progress, &names, install_rootfs.then_some(rootfs_size));
+        let out = if install_rootfs {
+            let rootfs = std::fs::File::open(spec.rootfs).map_err(|source| PhoneError::Local {
+                path: spec.rootfs.to_owned(),
+                source,
+            })?;
+            let mut input = rootfs.take(rootfs_size).chain(&files[..]);
+            let step_name = names.clone();
+            dev.exec(&as_root(&joined(&jobs)), Some(&mut input), &mut |n| {
+                progress.event(Event::Bytes {
+                    step: step_name.clone(),
+                    done: n.min(rootfs_size),
+                })
+            })?
+        } else {
+            dev.exec(&as_root(&joined(&jobs)), Some(&mut &files[..]), &mut |_| {})?
+        };
+        if !out.success() {
+            let what: Vec<&str> = jobs.iter().map(|(w, _)| w.as_str()).collect();
+            return Err(remote(
+                dev,
+                &what.join(", "),
+                &out,
+                ": what ran before stays as it was (the previous rootfs too, when the unpack failed); rerun enroll",
+            ));
+        }
+        let detail = if install_rootfs {
+            doctor::human(rootfs_size)
+        } else {
+            String::new()
+        };
+        done(progress, &names, detail);
+    } else {
+        skip(progress, "start", "already running");
+    }
+    laps.lap("rootfs, config, token, boot hook, start");
     step(progress, "wait", None);
     wait_running(dev, spec.wait)?;
     done(progress, "wait", "agent running".into());

@@ -765,10 +765,24 @@ fn enroll_cmd(port: u16, args: EnrollArgs) -> Result<ExitCode, Failure> {
             ),
         }
     }
-    let rootfs_sha256 = enroll::sha256_file(&args.rootfs)?;
+    // Hashed while the phones are probed; each enroll waits for it when it needs it.
+    let rootfs_hash = std::sync::OnceLock::new();
+    let rootfs_sha256 = || {
+        rootfs_hash
+            .get_or_init(|| {
+                enroll::sha256_file(&args.rootfs).map_err(|e| match e {
+                    // The enroll names the file itself.
+                    enroll::PhoneError::Local { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                })
+            })
+            .clone()
+    };
 
     let bars = Bars::new(devs.len());
     let results: Vec<Result<enroll::EnrollSummary, Failure>> = std::thread::scope(|s| {
+        // A copy of the closure: it only borrows the cell and the path.
+        s.spawn(rootfs_sha256);
         let hs: Vec<_> = devs
             .iter()
             .zip(configs)
@@ -778,7 +792,7 @@ fn enroll_cmd(port: u16, args: EnrollArgs) -> Result<ExitCode, Failure> {
                 let token = token.secret().expose();
                 let args = &args;
                 let node_runtime = node_runtime.as_path();
-                let rootfs_sha256 = rootfs_sha256.clone();
+                let rootfs_sha256 = &rootfs_sha256;
                 s.spawn(move || {
                     let spec = EnrollSpec {
                         config,

@@ -10,12 +10,14 @@
 //! - [`chroot`]: the phone's chroot in its own mount namespace, cgroups, the ext4 data image.
 //! - [`daemon`]: `run --detach`, the pidfile, `stop`.
 //! - [`unpack`]: `node-runtime unpack`, the atomic rootfs install.
+//! - [`files`]: `node-runtime write-files`, small root files (config, token, boot hook) from stdin.
 //! - [`kernel`]: `check-kernel`, the k3s kernel requirements.
 #![deny(missing_docs)]
 
 pub mod agent;
 pub mod chroot;
 pub mod daemon;
+pub mod files;
 pub mod k3sbin;
 pub mod kernel;
 pub mod logs;

@@ -3,6 +3,7 @@
 use bootstrap::exit::ExitClass;
 use bootstrap::node_config::DEFAULT_CONFIG_PATH;
 use clap::{Parser, Subcommand};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -69,6 +70,24 @@ node.toml and restarts the agent only if its arguments changed.")]
         /// Expected sha256 of the compressed stream; nothing is replaced if it differs.
         #[arg(long)]
         sha256: Option<String>,
+        /// Read exactly this many bytes of stdin and leave the rest for the next command (the
+        /// archive must be that long).
+        #[arg(long)]
+        bytes: Option<u64>,
+    },
+    /// Write small files from stdin (each exactly LENGTH bytes, in order), all or nothing.
+    #[command(
+        name = "write-files",
+        after_help = "Example (node.toml of 312 bytes, then a 107-byte token):
+  cat node.toml token | node-runtime write-files \\
+      --file /data/armfleet/node.toml:0644:312 \\
+      --file /data/armfleet/rootfs/etc/armfleet/token:0600:107
+Each file goes to PATH.new (parents made 0700), is synced, then all are renamed into place."
+    )]
+    WriteFiles {
+        /// ABSOLUTE_PATH:OCTAL_MODE:LENGTH, once per file, in the order of stdin.
+        #[arg(long = "file", required = true, value_name = "PATH:MODE:LEN")]
+        files: Vec<String>,
     },
     /// Check a kernel config against k3s' requirements (default: the running kernel's).
     #[command(
@@ -151,9 +170,18 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             // The record was printed: success, whatever it says (phonectl parses it).
             Ok(0)
         }
-        Cmd::Unpack { dest, sha256 } => {
-            let stdin = std::io::stdin().lock();
-            let u = unpack::unpack(stdin, &dest, sha256.as_deref()).map_err(|e| {
+        Cmd::Unpack {
+            dest,
+            sha256,
+            bytes,
+        } => {
+            let result = match bytes {
+                // Unbuffered: std's stdin buffer would swallow bytes past the archive that the
+                // next command in the shell needs.
+                Some(n) => unpack::unpack(raw_stdin().take(n), &dest, sha256.as_deref(), Some(n)),
+                None => unpack::unpack(std::io::stdin().lock(), &dest, sha256.as_deref(), None),
+            };
+            let u = result.map_err(|e| {
                 let class = match e {
                     unpack::UnpackError::BadHash(_) | unpack::UnpackError::BadDest(_) => {
                         ExitClass::Usage
@@ -174,6 +202,21 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                     ""
                 }
             );
+            Ok(0)
+        }
+        Cmd::WriteFiles { files } => {
+            let specs: Vec<files::FileSpec> = files
+                .iter()
+                .map(|f| files::FileSpec::parse(f))
+                .collect::<Result<_, _>>()
+                .map_err(|e| fail(ExitClass::Usage, e))?;
+            files::write_files(raw_stdin(), &specs).map_err(|e| {
+                let class = match e {
+                    files::FilesError::Io { .. } => ExitClass::Device,
+                    _ => ExitClass::Usage,
+                };
+                fail(class, e)
+            })?;
             Ok(0)
         }
         Cmd::CheckKernel { config_gz, json } => {
@@ -212,4 +255,15 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             Ok(0)
         }
     }
+}
+
+/// Stdin without std's buffer: reads take only what they ask for, so a command reading part of
+/// stdin leaves the rest to the next one.
+fn raw_stdin() -> std::fs::File {
+    use std::os::fd::{AsFd, OwnedFd};
+    let fd: OwnedFd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .expect("stdin is open");
+    std::fs::File::from(fd)
 }

@@ -8,7 +8,7 @@
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 
 /// Why an unpack failed (`DEST` is untouched in every case).
 #[derive(Debug, thiserror::Error)]
@@ -133,11 +133,14 @@ fn read_chunk(reader: &mut impl Read) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Extracts the tar.gz `reader` into `dest` atomically (see the module docs).
+/// Extracts the tar.gz `reader` into `dest` atomically (see the module docs). With
+/// `expected_len`, the stream must be exactly that long (a sender that says how much it sends
+/// catches a cut that happens to fall between two gzip members).
 pub fn unpack(
     reader: impl Read,
     dest: &Path,
     expected_sha256: Option<&str>,
+    expected_len: Option<u64>,
 ) -> Result<Unpacked, UnpackError> {
     let expected = expected_sha256.map(|h| h.to_ascii_lowercase());
     if let Some(h) = &expected
@@ -157,7 +160,7 @@ pub fn unpack(
         path: tmp.clone(),
         source,
     })?;
-    let result = extract_verify(reader, &tmp, dest, expected.as_deref());
+    let result = extract_verify(reader, &tmp, dest, expected.as_deref(), expected_len);
     let (sha256, bytes, entries) = match result {
         Ok(v) => v,
         Err(e) => {
@@ -208,6 +211,7 @@ fn extract_verify(
     tmp: &Path,
     dest: &Path,
     expected: Option<&str>,
+    expected_len: Option<u64>,
 ) -> Result<(String, u64, u64), UnpackError> {
     let broken = |bytes: u64, reason: String| UnpackError::Broken {
         bytes,
@@ -229,7 +233,23 @@ fn extract_verify(
                 }
             }
         });
-        let extract = s.spawn(move || extract_entries(ChunkReader::new(tar_rx), tmp, dest));
+        // Early writeback: while the extractor runs, this thread asks for a syncfs every
+        // FLUSH_PERIOD, so the disk writes while the stream still arrives and the final syncfs
+        // (before the swap) has little left. Without it the whole tree (a k3s binary is one
+        // big entry) sits in the page cache until the end — a phone starts writeback only at
+        // 10 % of its RAM — and is flushed while nothing else happens. Errors are left to the
+        // final syncfs.
+        let (extracting, done) = sync_channel::<()>(0);
+        s.spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(FLUSH_PERIOD) {
+                let _ = sync_filesystem(tmp);
+            }
+        });
+        let extract = s.spawn(move || {
+            let entries = extract_entries(ChunkReader::new(tar_rx), tmp, dest);
+            drop(extracting);
+            entries
+        });
         let mut read_err = None;
         loop {
             match read_chunk(&mut reader) {
@@ -267,6 +287,11 @@ fn extract_verify(
         },
         other => other,
     })?;
+    if let Some(want) = expected_len
+        && bytes != want
+    {
+        return Err(broken(bytes, format!("expected {want} bytes")));
+    }
     let got = hex::encode(hasher.finalize());
     if let Some(exp) = expected
         && got != exp
@@ -282,6 +307,9 @@ fn extract_verify(
     }
     Ok((got, bytes, entries))
 }
+
+/// How often the tree being extracted is written back to disk (see extract_verify).
+const FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Writes the tar entries read from `tar` into `tmp`; the entry count.
 fn extract_entries(tar: impl Read, tmp: &Path, dest: &Path) -> Result<u64, UnpackError> {

@@ -2,7 +2,7 @@
 # phonectl against virtual phones through one real adb server (a private one on a free port):
 # - first enroll of a realistic-size rootfs (the mini node rootfs + a 160 MiB k3s-sized binary
 #   blob) vs `adb push` of the same bytes with the real adb client (goal: ratio <= 1.2, unpack
-#   included);
+#   included), over loopback and over a link paced at USB 2's rate;
 # - re-enroll with nothing changed (goal: <= 2 s, <= 1 MiB sent);
 # - three phones enrolled in parallel (--all) vs one (ratio).
 # The first enroll is broken down into phonectl's steps (its --json `timings`), the rootfs unpack
@@ -12,12 +12,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
 cargo build -q -p armfleet-tests --bin vphone
-cargo build -q -p phonectl --bin phonectl
+# A release build, as users run it (the laptop side hashes the rootfs).
+cargo build -q --release -p phonectl --bin phonectl
 # A native build of node-runtime: the baseline that shows what qemu-user adds to the unpack.
 cargo build -q --release -p node-runtime --bin node-runtime
 native=$CARGO_TARGET_DIR/release/node-runtime
 vphone=$CARGO_TARGET_DIR/debug/vphone
-phonectl=$CARGO_TARGET_DIR/debug/phonectl
+phonectl=$CARGO_TARGET_DIR/release/phonectl
 nr=$CARGO_TARGET_DIR/aarch64-unknown-linux-musl/release/node-runtime
 [ -x "$nr" ] || bash scripts/cross-build.sh --test-tools >/dev/null
 # The mini node rootfs fixture (built and cached by the test harness).
@@ -31,8 +32,10 @@ port=$(free_port)
 adbport=$(free_port)
 "$vphone" rooted-magisk rooted-magisk rooted-magisk --port "$port" >"$work/vphone.out" 2>&1 &
 vpid=$!
+upid=
 cleanup() {
   HOME=$work adb -P "$adbport" kill-server >/dev/null 2>&1 || true
+  [ -z "$upid" ] || kill -INT "$upid" 2>/dev/null || true
   kill -INT "$vpid" 2>/dev/null || true
   wait "$vpid" 2>/dev/null || true
   rm -rf "$work"
@@ -65,11 +68,13 @@ EOF
 size=$(stat -c %s "$work/rootfs.tar.gz")
 echo 'K10aaaabbbbccccddddeeeeffff0000111122223333444455556666777788889999::server:bench-token' >"$work/token"
 mkdir "$work/configs"
-for i in 0 1 2; do
+# node.toml for phone SERIAL named NAME (its own health port: the phones share the host's network).
+write_config() {
+  local hp
   hp=$(free_port)
-  cat >"$work/configs/${serials[$i]}.toml" <<EOF
+  cat >"$work/configs/$1.toml" <<EOF
 [node]
-name = "bench-$i"
+name = "$2"
 kind = "phone"
 [server]
 url = "https://127.0.0.1:$(free_port)"
@@ -83,7 +88,8 @@ root = "/data/armfleet/rootfs"
 [supervise]
 healthz_port = $hp
 EOF
-done
+}
+for i in 0 1 2; do write_config "${serials[$i]}" "bench-$i"; done
 pc() { "$phonectl" --adb-port "$adbport" "$@"; }
 enroll_args=(--config "$work/configs" --rootfs "$work/rootfs.tar.gz" --node-runtime "$nr"
   --token-file "$work/token" --force --wait 120)
@@ -121,6 +127,35 @@ rm -rf "$work/unpack-aarch64" "$work/unpack-native"
 echo "bench: phonectl: node-runtime unpack on the host, aarch64 under qemu-user: $(py "round($t_emu,2)") s (baseline: native x86_64 build $(py "round($t_nat,2)") s, ratio $(py "round($t_emu/$t_nat,2)"))"
 t_est=$(py "max($t_one - ($t_emu - $t_nat), 0)")
 echo "bench: phonectl: first enroll without the emulation overhead (estimate: enroll - (emulated - native unpack)): $(py "round($t_est,2)") s (baseline: adb push $(py "round($t_push,2)") s, ratio $(py "round($t_est/$t_push,2)"))"
+
+# The same comparison over a link paced like USB 2 (adb push over USB 2 measured at 38 MB/s on
+# a Mi 11: ya-webadb PR 510): a fourth virtual phone whose adbd takes host bytes at that rate.
+# There the transfer, not the phone's CPU, is the slow part, as with a real phone on a cable;
+# the unpack still runs emulated.
+usbport=$(free_port)
+"$vphone" rooted-magisk --link-rate 38 --port "$usbport" >"$work/vphone-usb.out" 2>&1 &
+upid=$!
+for _ in $(seq 300); do grep -q 'adb connect' "$work/vphone-usb.out" 2>/dev/null && break; sleep 0.1; done
+su2="127.0.0.1:$usbport"
+adb -P "$adbport" connect "$su2" >/dev/null
+adb -P "$adbport" -s "$su2" wait-for-device
+write_config "$su2" bench-usb2
+t=$(now); adb -P "$adbport" -s "$su2" push "$work/rootfs.tar.gz" /data/local/tmp/bench.tar.gz >/dev/null; t_upush=$(py "$(now)-$t")
+adb -P "$adbport" -s "$su2" shell rm -f /data/local/tmp/bench.tar.gz
+t=$(now); pc -s "$su2" enroll "${enroll_args[@]}" --json >"$work/eu.json" 2>"$work/eu.err" || { cat "$work/eu.err" >&2; exit 1; }; t_uone=$(py "$(now)-$t")
+python3 - "$work/eu.json" "$t_uone" <<'EOF2'
+import json, sys
+s = json.load(open(sys.argv[1]))[0]["summary"]
+steps = ", ".join(f"{n} {v:.2f}" for n, v in s["timings"])
+print(f"bench: phonectl: first enroll at USB 2 rate, steps (s): laptop side {float(sys.argv[2]) - s['seconds']:.2f}, {steps}")
+EOF2
+echo "bench: phonectl: first enroll at USB 2 rate (38 MB/s link), ${mib} MiB rootfs incl. unpack and start: $(py "round($t_uone,2)") s (baseline: adb push over the same link $(py "round($t_upush,2)") s, ratio $(py "round($t_uone/$t_upush,2)"); goal <= 1.2)"
+pc -s "$su2" unenroll >/dev/null
+adb -P "$adbport" disconnect "$su2" >/dev/null
+kill -INT "$upid" 2>/dev/null || true
+wait "$upid" 2>/dev/null || true
+upid=
+rm -f "$work/configs/$su2.toml"
 
 t=$(now); out=$(pc -s "$s0" enroll "${enroll_args[@]}" --json 2>/dev/null); t_re=$(py "$(now)-$t")
 sent=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])[0]["summary"]["bytes_sent"])' "$out")

@@ -887,3 +887,69 @@ fn no_space_for_the_data_image_is_clear_and_leaves_nothing() {
     assert!(ours.is_empty(), "leaked: {ours:?}");
     assert!(!root.join("usr/local/bin/k3s.runs").exists());
 }
+
+/// What phonectl sends on one stdin: the rootfs (`unpack --bytes N` takes exactly its N bytes),
+/// then the small files (`write-files`), run by one shell as on the phone.
+#[test]
+fn unpack_bytes_leaves_the_rest_of_stdin_to_write_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dest = parent.path().join("rootfs");
+    let tgz = sample_rootfs_tgz();
+    let nr = aarch64_bin("node-runtime");
+    let token = dest.join("etc/armfleet/token");
+    let marker = parent.path().join("rootfs.sha256");
+    let marker_text = format!("{}\n", sha256_hex(&tgz));
+    let script = |bytes: usize| {
+        format!(
+            "{nr} unpack --bytes {bytes} --dest {d} --sha256 {h} >/dev/null && {nr} write-files --file {m}:0644:{ml} --file {t}:0600:6",
+            nr = nr.display(),
+            d = dest.display(),
+            h = sha256_hex(&tgz),
+            m = marker.display(),
+            ml = marker_text.len(),
+            t = token.display(),
+        )
+    };
+    let run = |script: String, input: Vec<u8>| {
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let w = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        w.join().unwrap();
+        out
+    };
+    let mut input = tgz.clone();
+    input.extend_from_slice(marker_text.as_bytes());
+    input.extend_from_slice(b"s3cr3t");
+
+    // Announced one byte more than the archive: the unpack refuses, nothing is installed.
+    let out = run(script(tgz.len() + 1), input.clone());
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broken"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dest.exists() && !marker.exists());
+
+    let out = run(script(tgz.len()), input);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dest.join("bin/busybox").exists());
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), marker_text);
+    assert_eq!(std::fs::read(&token).unwrap(), b"s3cr3t");
+    let mode = std::fs::metadata(&token).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600);
+}

@@ -817,3 +817,44 @@ fn pushed_aarch64_binary_runs_on_the_phone() {
     );
     assert_eq!(lines[2], "0");
 }
+
+/// `link_rate` paces what the phone receives as a cable of that rate would: a push is never
+/// faster than the link, and arrives whole.
+#[test]
+fn link_rate_paces_host_to_phone_bytes() {
+    let rate = 20_000_000u64;
+    let paced = VirtualPhone::start(
+        "rooted-magisk",
+        PhoneOptions {
+            link_rate: Some(rate),
+            ..PhoneOptions::default()
+        },
+    );
+    let adb = AdbServer::start();
+    adb.connect(&paced);
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("f.bin");
+    let size = 8u64 << 20;
+    std::fs::write(&src, vec![7u8; size as usize]).unwrap();
+    let t = Instant::now();
+    let out = adb.adb(&[
+        "-s",
+        &paced.serial(),
+        "push",
+        src.to_str().unwrap(),
+        "/data/local/tmp/f.bin",
+    ]);
+    let took = t.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    let floor = Duration::from_secs_f64(size as f64 / rate as f64);
+    assert!(
+        took >= floor,
+        "8 MiB at 20 MB/s took {took:?} (< {floor:?})"
+    );
+    assert_eq!(
+        std::fs::metadata(paced.root().join("data/local/tmp/f.bin"))
+            .unwrap()
+            .len(),
+        size
+    );
+}

@@ -4,6 +4,7 @@
 //!   vphone rooted-magisk                 # one phone on a free port
 //!   vphone rooted-magisk --port 6001     # then: adb connect 127.0.0.1:6001
 //!   vphone unrooted armv7 --port 6001    # two phones, on 6001 and 6002
+//!   vphone rooted-magisk --link-rate 38  # host-to-phone bytes at USB 2's 38 MB/s
 //!   vphone --list                        # the profiles
 
 use anyhow::Context;
@@ -11,15 +12,18 @@ use armfleet_tests::vphone::{PhoneOptions, Profile, VirtualPhone};
 
 const HELP: &str = "vphone: virtual Android phones speaking ADB over TCP on 127.0.0.1
 
-Usage: vphone [--port PORT] PROFILE... | vphone --list
+Usage: vphone [--port PORT] [--link-rate MB/s] PROFILE... | vphone --list
 
 Each phone listens on 127.0.0.1 (PORT, PORT+1, ... or free ports outside 5555-5585);
 attach one with `adb connect 127.0.0.1:PORT`. Ctrl-C stops the phones and cleans up.
+--link-rate limits what each phone receives from the host to that many MB/s, as a USB cable
+does (adb push over USB 2 reaches about 38 MB/s); without it, loopback speed.
 Must run as root (namespaces, mounts).
 
 Examples:
   vphone rooted-magisk
   vphone rooted-magisk --port 6001
+  vphone rooted-magisk --link-rate 38
   vphone unrooted enforcing --port 6001
   vphone --list
 ";
@@ -52,6 +56,7 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut port: Option<u16> = None;
+    let mut link_rate: Option<u64> = None;
     let mut profiles = Vec::new();
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -81,6 +86,15 @@ fn run() -> anyhow::Result<()> {
                 }
                 port = Some(p);
             }
+            "--link-rate" => {
+                let v = args.next().ok_or_else(|| {
+                    Usage("--link-rate needs MB/s (10^6 bytes), e.g. --link-rate 38".into())
+                })?;
+                let mb: f64 = v.parse().ok().filter(|r: &f64| *r > 0.0).ok_or_else(|| {
+                    Usage(format!("--link-rate {v}: not a positive number of MB/s"))
+                })?;
+                link_rate = Some((mb * 1e6) as u64);
+            }
             s if s.starts_with('-') => {
                 return Err(Usage(format!("unknown option {s} (see vphone --help)")).into());
             }
@@ -100,6 +114,7 @@ fn run() -> anyhow::Result<()> {
     for (i, name) in profiles.iter().enumerate() {
         let opts = PhoneOptions {
             port: port.map(|p| p + i as u16),
+            link_rate,
             ..PhoneOptions::default()
         };
         let phone = VirtualPhone::start(name, opts);

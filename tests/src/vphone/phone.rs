@@ -32,6 +32,9 @@ pub struct PhoneOptions {
     pub port: Option<u16>,
     /// Extra system properties (override the profile's).
     pub props: Vec<(String, String)>,
+    /// Bytes per second the link carries from the host to the phone, as a USB cable limits
+    /// it; `None`: as fast as loopback goes. Shared by all of the phone's connections.
+    pub link_rate: Option<u64>,
 }
 
 #[derive(Default)]
@@ -56,6 +59,9 @@ pub(crate) struct Inner {
     conns: Mutex<HashMap<u64, TcpStream>>,
     next_conn: AtomicU64,
     cut: Mutex<Option<u64>>,
+    /// The link-rate limit (bytes/s) and when the link is next free: each read from the host
+    /// books its bytes' transfer time after the previous ones'.
+    link: Option<(u64, Mutex<Instant>)>,
     log: Mutex<Option<std::fs::File>>,
     stopping: AtomicBool,
     keeper: Mutex<std::sync::mpsc::Sender<KeeperJob>>,
@@ -159,6 +165,9 @@ impl VirtualPhone {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             cut: Mutex::new(None),
+            link: opts
+                .link_rate
+                .map(|r| (r.max(1), Mutex::new(Instant::now()))),
             log: Mutex::new(None),
             stopping: AtomicBool::new(false),
             keeper: Mutex::new(keeper_tx),
@@ -427,6 +436,24 @@ impl Inner {
     pub(crate) fn spend_cut_budget(&self, n: u64) {
         if let Some(b) = self.cut.lock().unwrap().as_mut() {
             *b = b.saturating_sub(n);
+        }
+    }
+
+    /// Paces the link: `n` bytes just arrived from the host; returns once a link of the
+    /// configured rate would have carried them (at once without a limit).
+    pub(crate) fn pace_link(&self, n: usize) {
+        let Some((rate, free_at)) = &self.link else {
+            return;
+        };
+        let wait_until = {
+            let mut free_at = free_at.lock().unwrap();
+            let start = (*free_at).max(Instant::now());
+            *free_at = start + Duration::from_secs_f64(n as f64 / *rate as f64);
+            *free_at
+        };
+        let now = Instant::now();
+        if wait_until > now {
+            std::thread::sleep(wait_until - now);
         }
     }
 

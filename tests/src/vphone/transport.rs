@@ -191,7 +191,8 @@ impl Read for StreamReader {
 }
 
 /// Counts bytes received from the host and, when the phone's fault injection is armed, cuts the
-/// connection once the budget is spent (a cable pulled mid-transfer).
+/// connection once the budget is spent (a cable pulled mid-transfer); paces them to the phone's
+/// link rate when it has one.
 struct CuttingReader {
     inner: TcpStream,
     phone: Arc<Inner>,
@@ -216,6 +217,7 @@ impl Read for CuttingReader {
         if budget.is_some() {
             self.phone.spend_cut_budget(n as u64);
         }
+        self.phone.pace_link(n);
         Ok(n)
     }
 }

@@ -101,12 +101,13 @@ t=$(now); adb -P "$adbport" -s "$s0" push "$work/rootfs.tar.gz" /data/local/tmp/
 t=$(now); pc -s "$s0" enroll "${enroll_args[@]}" --json >"$work/e1.json" 2>"$work/e1.err" || { cat "$work/e1.err" >&2; exit 1; }; t_one=$(py "$(now)-$t")
 mib=$(py "round($size/1048576)")
 # Where the first enroll's time goes: phonectl's own step laps, plus the laptop side before the
-# phone is touched (token check, hashing the rootfs, process start) as the rest of the wall time.
+# phone is touched (config, token check, process start; the rootfs is hashed during the probe)
+# as the rest of the wall time.
 python3 - "$work/e1.json" "$t_one" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1]))[0]["summary"]
 wall = float(sys.argv[2])
-print(f"bench: phonectl: first enroll step: laptop side (token check, rootfs hash): {wall - s['seconds']:.2f} s")
+print(f"bench: phonectl: first enroll step: laptop side before the phone (config, token check, process start): {wall - s['seconds']:.2f} s")
 for name, secs in s["timings"]:
     print(f"bench: phonectl: first enroll step: {name}: {secs:.2f} s")
 EOF

@@ -2,13 +2,13 @@
 //!
 //! Every write compares hashes first, so a re-enroll with nothing changed sends almost nothing.
 //! Root work goes through `su -c`: adbd runs as the shell user, which can write only to
-//! /data/local/tmp. Secrets and file contents are fed through the stdin of one `su -c` (each
-//! file cut to its length by `dd bs=1 count=N of=F.new`) and renamed into place, so the token
-//! never appears on a command line and a cut connection leaves only `.new` files, never a
-//! truncated real one. The rootfs is streamed into `node-runtime unpack --sha256`, which swaps it
-//! in only after the whole archive arrived and matched its hash: a cable pulled mid-push leaves
-//! the old rootfs in place. Streaming (rather than pushing the tarball, then unpacking it) lets
-//! the unpack run during the transfer, which over USB is the slow part.
+//! /data/local/tmp. Secrets and file contents go through the stdin of `su -c` to
+//! `node-runtime write-files`, which reads every file's announced length before writing any
+//! and renames each into place whole: the token never appears on a command line, and a cut
+//! connection changes nothing. The rootfs is streamed into `node-runtime unpack --sha256`, which
+//! swaps it in only after the whole archive arrived and matched its hash: a cable pulled
+//! mid-push leaves the old rootfs in place. Streaming (rather than pushing the tarball, then
+//! unpacking it) lets the unpack run during the transfer, which over USB is the slow part.
 
 use crate::adb::{AdbDevice, AdbError};
 use crate::device::{Device, ShellOutput, as_root, sh_quote};
@@ -221,63 +221,35 @@ fn remote(dev: &dyn Device, what: &str, out: &ShellOutput, hint: &str) -> PhoneE
     }
 }
 
-/// Writes `content` to `path` as root with `mode`, through stdin and an atomic rename.
+/// Writes `content` to `path` as root with `mode` (an octal string), through stdin — never a
+/// command line — and `node-runtime write-files`, which renames it into place whole. The phone
+/// must have node-runtime.
 pub fn write_root_file(
     dev: &dyn Device,
     path: &str,
     mode: &str,
     content: &[u8],
 ) -> Result<(), PhoneError> {
-    write_root_files(dev, &[(path, mode, content)])
-}
-
-/// Writes several root files with one `su` (each `su` costs a round trip and a process start):
-/// the contents go one after the other through stdin, each cut to its length by `dd bs=1` (which
-/// never reads past its count, unlike buffered tools), then each is renamed into place. A cut
-/// connection leaves only `.new` files, never a truncated real one.
-pub fn write_root_files(dev: &dyn Device, files: &[(&str, &str, &[u8])]) -> Result<(), PhoneError> {
-    let mut dirs: Vec<String> = files
-        .iter()
-        .map(|(path, _, _)| {
-            Path::new(path)
-                .parent()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "/".into())
-        })
-        .collect();
-    dirs.sort();
-    dirs.dedup();
-    let dirs: Vec<String> = dirs.iter().map(|d| sh_quote(d)).collect();
-    let mut cmd = format!("umask 077 && mkdir -p {}", dirs.join(" "));
-    for (path, mode, content) in files {
-        let tmp = sh_quote(&format!("{path}.new"));
-        cmd.push_str(&format!(
-            " && dd bs=1 count={n} of={tmp} 2>/dev/null && chmod {mode} {tmp}",
-            n = content.len()
-        ));
-    }
-    for (path, _, _) in files {
-        cmd.push_str(&format!(
-            " && mv -f {} {}",
-            sh_quote(&format!("{path}.new")),
-            sh_quote(path)
-        ));
-    }
-    let input: Vec<u8> = files
-        .iter()
-        .flat_map(|(_, _, c)| c.iter().copied())
-        .collect();
-    let out = dev.exec(&as_root(&cmd), Some(&mut &input[..]), &mut |_| {})?;
+    let cmd = as_root(&write_files_command(&[(path, mode, content)]));
+    let out = dev.exec(&cmd, Some(&mut &content[..]), &mut |_| {})?;
     if !out.success() {
-        let names: Vec<&str> = files.iter().map(|(p, _, _)| *p).collect();
-        return Err(remote(
-            dev,
-            &format!("writing {}", names.join(", ")),
-            &out,
-            "",
-        ));
+        return Err(remote(dev, &format!("writing {path}"), &out, ""));
     }
     Ok(())
+}
+
+/// The `node-runtime write-files` command taking `files` (path, octal mode, contents) from
+/// stdin, one after the other, each exactly its length.
+fn write_files_command(files: &[(&str, &str, &[u8])]) -> String {
+    let specs: Vec<String> = files
+        .iter()
+        .map(|(path, mode, content)| sh_quote(&format!("{path}:{mode}:{}", content.len())))
+        .collect();
+    format!(
+        "{} write-files --file {}",
+        layout::BIN,
+        specs.join(" --file ")
+    )
 }
 
 /// The commands of `jobs`, each run only if the ones before succeeded.
@@ -621,18 +593,14 @@ pub fn enroll(
         ));
     }
     if !writes.is_empty() {
-        let specs: Vec<String> = writes
+        let files: Vec<(&str, &str, &[u8])> = writes
             .iter()
-            .map(|(path, mode, content)| sh_quote(&format!("{path}:{mode}:{}", content.len())))
+            .map(|(p, m, c)| (p.as_str(), *m, *c))
             .collect();
-        let paths: Vec<&str> = writes.iter().map(|(p, _, _)| p.as_str()).collect();
+        let paths: Vec<&str> = files.iter().map(|(p, _, _)| *p).collect();
         jobs.push((
             format!("writing {}", paths.join(", ")),
-            format!(
-                "{} write-files --file {}",
-                layout::BIN,
-                specs.join(" --file ")
-            ),
+            write_files_command(&files),
         ));
     }
     if have.contains_key(layout::DISABLED) {
@@ -686,7 +654,7 @@ pub fn enroll(
                 dev,
                 &what.join(", "),
                 &out,
-                ": what ran before stays as it was (the previous rootfs too, when the unpack failed); rerun enroll",
+                ": each part swaps in whole or not at all (a failed unpack leaves the previous rootfs); rerun enroll",
             ));
         }
         let detail = if install_rootfs {

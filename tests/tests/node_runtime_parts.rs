@@ -249,6 +249,12 @@ fn run_unpack(dest: &Path, data: &[u8], sha: Option<&str>) -> std::process::Outp
     if let Some(s) = sha {
         cmd.args(["--sha256", s]);
     }
+    output_with_stdin(&mut cmd, data)
+}
+
+/// Runs `cmd` with `data` on its stdin (written from another thread: the command may stop
+/// reading early) and returns its output.
+fn output_with_stdin(cmd: &mut Command, data: &[u8]) -> std::process::Output {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -912,20 +918,7 @@ fn unpack_bytes_leaves_the_rest_of_stdin_to_write_files() {
         )
     };
     let run = |script: String, input: Vec<u8>| {
-        let mut child = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        let w = std::thread::spawn(move || {
-            let _ = stdin.write_all(&input);
-        });
-        let out = child.wait_with_output().unwrap();
-        w.join().unwrap();
-        out
+        output_with_stdin(Command::new("sh").args(["-c", &script]), &input)
     };
     let mut input = tgz.clone();
     input.extend_from_slice(marker_text.as_bytes());

@@ -583,7 +583,7 @@ pub fn enroll(
         jobs.push((
             "installing the rootfs".into(),
             format!(
-                "rm -f {m} && {b} unpack --bytes {n} --dest {r} --sha256 {h}",
+                "rm -f {m} && {b} unpack --bytes {n} --dest {r} --sha256 {h} >/dev/null",
                 m = layout::ROOTFS_SHA,
                 b = layout::BIN,
                 n = rootfs_size,
@@ -610,11 +610,19 @@ pub fn enroll(
         ));
     }
     if start {
+        // The status record closes the shell: when it already says running, the wait below
+        // needs no round trip of its own. Only it goes to stdout (the others' reports are
+        // dropped; their errors stay on stderr).
         jobs.push((
             "starting node-runtime".into(),
-            format!("{} run --detach --config {}", layout::BIN, layout::CONFIG),
+            format!(
+                "{b} run --detach --config {c} >/dev/null && {b} status --json --config {c}",
+                b = layout::BIN,
+                c = layout::CONFIG
+            ),
         ));
     }
+    let mut status_after_start: Option<Status> = None;
     if !jobs.is_empty() {
         let files: Vec<u8> = writes
             .iter()
@@ -657,6 +665,9 @@ pub fn enroll(
                 ": each part swaps in whole or not at all (a failed unpack leaves the previous rootfs); rerun enroll",
             ));
         }
+        if start {
+            status_after_start = serde_json::from_slice::<Status>(&out.stdout).ok();
+        }
         let detail = if install_rootfs {
             doctor::human(rootfs_size)
         } else {
@@ -668,7 +679,9 @@ pub fn enroll(
     }
     laps.lap("rootfs, config, token, boot hook, start");
     step(progress, "wait", None);
-    wait_running(dev, spec.wait)?;
+    if !status_after_start.as_ref().is_some_and(agent_runs) {
+        wait_running(dev, spec.wait)?;
+    }
     done(progress, "wait", "agent running".into());
     laps.lap("wait running");
 
@@ -718,13 +731,18 @@ pub fn start_worker(dev: &dyn Device) -> Result<(), PhoneError> {
     Ok(())
 }
 
+/// What enroll and start wait for: the agent process is up.
+fn agent_runs(s: &Status) -> bool {
+    s.state == AgentState::Running && s.agent_pid.is_some()
+}
+
 /// Polls `node-runtime status` until the agent runs, or fails after `wait`.
 pub fn wait_running(dev: &dyn Device, wait: Duration) -> Result<Status, PhoneError> {
     let until = Instant::now() + wait;
     let mut last = "no status yet".to_owned();
     loop {
         if let Some(s) = read_status(dev)? {
-            if s.state == AgentState::Running && s.agent_pid.is_some() {
+            if agent_runs(&s) {
                 return Ok(s);
             }
             last = format!(

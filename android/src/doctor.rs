@@ -118,7 +118,7 @@ pub fn probe_with(
     let (getprop, uname, su_version, getenforce, mounts, df, bat, loaded) =
         (sh(), sh(), sh(), sh(), sh(), sh(), sh(), sh());
     let mut su = || root_outs.next().expect("one output per command");
-    let (id, cfg, module_files) = (su(), su(), su());
+    let (id, mut cfg, module_files) = (su(), su(), su());
     let extra = root_outs.next().unwrap_or_default();
     let props = parse_getprop(&getprop.out());
     let prop = |k: &str| props.get(k).filter(|v| !v.is_empty()).cloned();
@@ -151,7 +151,6 @@ pub fn probe_with(
 
     let selinux = Some(getenforce).filter(|o| o.success()).map(|o| o.out());
 
-    let mut cfg = cfg;
     if !rooted {
         // Some phones let the shell user read it.
         cfg = dev.shell("cat /proc/config.gz")?;

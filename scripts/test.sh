@@ -9,6 +9,17 @@ cd "$(dirname "$0")/.."
 started=$(date +%s)
 phase() { printf '\n== test: %s (%ss) ==\n' "$1" "$(($(date +%s) - started))"; }
 
+# The run builds once from scratch: incremental state would only add gigabytes to target/.
+export CARGO_INCREMENTAL=0
+# CI machines share a disk whose free space varies; a run that dies of ENOSPC should say so at once.
+# Measured need of a whole run: see disk_need_gib.
+disk_need_gib=8
+free_gib=$(($(df --output=avail -k . | tail -n1) / 1024 / 1024))
+echo "free disk here: ${free_gib} GiB (a whole run needs about ${disk_need_gib} GiB)"
+if [ "$free_gib" -lt "$disk_need_gib" ]; then
+  echo "warning: only ${free_gib} GiB free on $(df --output=target . | tail -n1); builds or image tests may fail with 'No space left on device'" >&2
+fi
+
 if [ "${ARMFLEET_SKIP_SETUP:-}" != 1 ]; then
   phase "setup"
   bash scripts/setup.sh
@@ -28,4 +39,5 @@ command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest
 cargo build --workspace --bins --locked
 cargo nextest run --workspace --locked --profile ci
 
+echo "disk used by target/: $(du -sh "${CARGO_TARGET_DIR:-target}" | cut -f1); free now: $(df -h --output=avail . | tail -n1 | tr -d ' ')"
 phase "done in $(($(date +%s) - started))s"

@@ -153,13 +153,7 @@ fn push_and_pull_64_mib_byte_identical_as_the_shell_user() {
     std::fs::write(&src, &data).unwrap();
     let serial = phone.serial();
     let started = Instant::now();
-    let out = adb.adb(&[
-        "-s",
-        &serial,
-        "push",
-        src.to_str().unwrap(),
-        "/data/local/tmp/big.bin",
-    ]);
+    let out = adb.push(&serial, &src, "/data/local/tmp/big.bin");
     let push_time = started.elapsed();
     assert!(out.status.success(), "{out:?}");
     let on_phone = phone.root().join("data/local/tmp/big.bin");
@@ -184,25 +178,13 @@ fn push_and_pull_64_mib_byte_identical_as_the_shell_user() {
     // /sdcard is writable by the shell user, /data/adb is not (production adbd is not root).
     let small = dir.path().join("small.txt");
     std::fs::write(&small, "hello\n").unwrap();
-    let out = adb.adb(&[
-        "-s",
-        &serial,
-        "push",
-        small.to_str().unwrap(),
-        "/sdcard/Download/a.txt",
-    ]);
+    let out = adb.push(&serial, &small, "/sdcard/Download/a.txt");
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         std::fs::read_to_string(phone.root().join("data/media/0/Download/a.txt")).unwrap(),
         "hello\n"
     );
-    let out = adb.adb(&[
-        "-s",
-        &serial,
-        "push",
-        small.to_str().unwrap(),
-        "/data/adb/a.txt",
-    ]);
+    let out = adb.push(&serial, &small, "/data/adb/a.txt");
     assert!(!out.status.success());
     // adb 29 prints this error on stdout.
     assert!(
@@ -447,13 +429,7 @@ fn profiles_show_what_their_phones_show() {
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.bin");
     std::fs::write(&big, vec![7u8; 32 << 20]).unwrap();
-    let out = adb.adb(&[
-        "-s",
-        &full.serial(),
-        "push",
-        big.to_str().unwrap(),
-        "/data/local/tmp/big.bin",
-    ]);
+    let out = adb.push(&full.serial(), &big, "/data/local/tmp/big.bin");
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stdout)
@@ -512,13 +488,7 @@ fn cut_transport_mid_push_leaves_no_file_and_the_phone_usable() {
     let src = dir.path().join("f.bin");
     std::fs::write(&src, vec![1u8; 8 << 20]).unwrap();
     phone.cut_transport_after(2 << 20);
-    let out = adb.adb(&[
-        "-s",
-        &phone.serial(),
-        "push",
-        src.to_str().unwrap(),
-        "/data/local/tmp/f.bin",
-    ]);
+    let out = adb.push(&phone.serial(), &src, "/data/local/tmp/f.bin");
     assert!(!out.status.success(), "{out:?}");
     // The server lists the phone `offline` and reconnects to it by itself (adb does so for
     // network devices). A `disconnect` + `connect` here would race that reconnection: when it
@@ -793,13 +763,7 @@ fn wire_protocol_flow_control_and_refusals() {
 fn pushed_aarch64_binary_runs_on_the_phone() {
     let (phone, adb) = start("rooted-magisk");
     let bin = armfleet_tests::util::aarch64_bin("node-runtime");
-    let out = adb.adb(&[
-        "-s",
-        &phone.serial(),
-        "push",
-        bin.to_str().unwrap(),
-        "/data/local/tmp/node-runtime",
-    ]);
+    let out = adb.push(&phone.serial(), &bin, "/data/local/tmp/node-runtime");
     assert!(out.status.success(), "{out:?}");
     let (rc, out, err) = sh(
         &adb,
@@ -837,13 +801,7 @@ fn link_rate_paces_host_to_phone_bytes() {
     let size = 8u64 << 20;
     std::fs::write(&src, vec![7u8; size as usize]).unwrap();
     let t = Instant::now();
-    let out = adb.adb(&[
-        "-s",
-        &paced.serial(),
-        "push",
-        src.to_str().unwrap(),
-        "/data/local/tmp/f.bin",
-    ]);
+    let out = adb.push(&paced.serial(), &src, "/data/local/tmp/f.bin");
     let took = t.elapsed();
     assert!(out.status.success(), "{out:?}");
     let floor = Duration::from_secs_f64(size as f64 / rate as f64);

@@ -57,6 +57,12 @@ impl AdbServer {
             .expect("run adb (install the adb package)")
     }
 
+    /// `adb -s SERIAL push LOCAL REMOTE` through this server; returns its output.
+    pub fn push(&self, serial: &str, local: &std::path::Path, remote: &str) -> Output {
+        let local = local.to_str().expect("a UTF-8 local path");
+        self.adb(&["-s", serial, "push", local, remote])
+    }
+
     /// `adb connect` to the phone, then waits until the server lists it as `device` (or
     /// `unauthorized` / `offline` for a phone that never accepts / never answers). Returns the
     /// `adb connect` output.

@@ -1,5 +1,5 @@
 //! `run --detach` (double fork, new session, stdio to the log dir, the parent waits until the
-//! child says it is prepared) and `stop` (SIGTERM to the pidfile's pid, then wait).
+//! child says it is prepared and has written its first status) and `stop` (SIGTERM to the pidfile's pid, then wait).
 
 use crate::status::pid_alive;
 use crate::supervisor::{RunError, RunOptions};

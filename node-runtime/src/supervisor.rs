@@ -244,6 +244,9 @@ fn prepare_and_run(config_path: &Path, ready: &mut Option<OwnedFd>) -> Result<()
         sup.write_status(true);
         return Err(e);
     }
+    // On record before the parent of `run --detach` returns: whoever ran it (phonectl's enroll
+    // shell, the boot hook's caller) may ask `status` at once and must find this run.
+    sup.write_status(true);
     if let Some(fd) = ready.take() {
         let mut f = std::fs::File::from(fd);
         let _ = f.write_all(b"ok\n");

@@ -287,6 +287,15 @@ fn detach_returns_once_prepared_and_stop_waits() {
         .and_then(|s| s.trim_end().trim_end_matches(')').parse().ok())
         .unwrap_or_else(|| panic!("no pid in {text}"));
     assert!(alive(pid));
+    // Once `run --detach` returned, its record is there: `status` finds this run at once.
+    let out = node.node_runtime(&["status", "--json", "--config", cfg]);
+    assert!(
+        out.status.success(),
+        "status right after run --detach: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: node_runtime::status::Status = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s.pid, pid);
     let st = node.wait_status("healthy", T, |s| s.healthy);
     assert_eq!(st.pid, pid);
     let agent = st.agent_pid.unwrap();

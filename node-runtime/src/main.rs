@@ -36,7 +36,8 @@ node.toml and restarts the agent only if its arguments changed.")]
         /// node.toml.
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
-        /// Run in the background (new session, output to the log dir); returns once prepared.
+        /// Run in the background (new session, output to the log dir); returns once prepared,
+        /// with its first status written (so `status` right after finds it).
         #[arg(long)]
         detach: bool,
     },

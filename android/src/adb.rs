@@ -487,6 +487,24 @@ mod v2 {
 
 /// Sync data chunks are at most 64 KiB (AOSP `SYNC_DATA_MAX`).
 const SYNC_DATA_MAX: usize = 64 * 1024;
+/// A shell v2 packet carries at most one ADB payload (1 MiB with adb 29+).
+const SHELL_PACKET_MAX: usize = 1024 * 1024;
+/// Sync FAIL messages and LIST names are short texts (a path is at most 4096 bytes on Linux).
+const SYNC_TEXT_MAX: usize = 64 * 1024;
+
+/// A length the device announced, refused when no well-behaved adbd sends that much: a broken or
+/// hostile peer must not make phonectl allocate gigabytes.
+fn bounded(serial: &str, what: &str, len: usize, max: usize) -> Result<usize, AdbError> {
+    if len > max {
+        return Err(AdbError::Protocol {
+            serial: serial.to_owned(),
+            message: format!(
+                "the device announced a {what} of {len} bytes, more than the {max} the protocol allows: reconnect the phone (adb kill-server) and retry"
+            ),
+        });
+    }
+    Ok(len)
+}
 
 /// A device reached through the adb server.
 #[derive(Debug, Clone)]
@@ -522,6 +540,10 @@ impl AdbDevice {
 
     /// Runs `cmd` with shell v2; stdout/stderr go to the sinks as they arrive; stdin (if any)
     /// is streamed and then closed. Returns the exit status.
+    ///
+    /// An input that may block for long (a terminal) should return `ErrorKind::TimedOut` now and
+    /// then instead of waiting: the pump then sees that the remote command has exited and stops
+    /// reading, so the call returns when the command ends, not at the next key press.
     pub fn run_streaming(
         &self,
         cmd: &str,
@@ -537,7 +559,9 @@ impl AdbDevice {
             .try_clone()
             .map_err(AdbServer::io_err(&serial, "shell"))?;
         let mut conn = conn;
+        let remote_done = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
+            let remote_done = &remote_done;
             // The writer runs beside the reader so a command that prints while it reads stdin
             // never deadlocks on full socket buffers.
             let writer = scope.spawn(move || -> Result<(), AdbError> {
@@ -549,6 +573,12 @@ impl AdbDevice {
                             Ok(0) => break,
                             Ok(n) => n,
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                                if remote_done.load(std::sync::atomic::Ordering::Acquire) {
+                                    break;
+                                }
+                                continue;
+                            }
                             Err(e) => {
                                 return Err(AdbError::Io {
                                     serial: conn.serial.clone(),
@@ -573,6 +603,7 @@ impl AdbDevice {
                 Ok(())
             });
             let result = read_v2(reader, &serial, stdout, stderr);
+            remote_done.store(true, std::sync::atomic::Ordering::Release);
             let wrote = writer.join().expect("stdin writer panicked");
             match (result, wrote) {
                 (Ok(code), _) => Ok(code),
@@ -603,6 +634,7 @@ impl AdbDevice {
             }
             c.read_exact(&mut hdr[4..], "list")?;
             let len = u32::from_le_bytes(hdr[16..20].try_into().unwrap()) as usize;
+            let len = bounded(&self.serial, "directory entry name", len, SYNC_TEXT_MAX)?;
             let mut name = vec![0u8; len];
             c.read_exact(&mut name, "list")?;
             let name = String::from_utf8_lossy(&name).into_owned();
@@ -632,6 +664,7 @@ fn read_v2(
             });
         }
         let len = u32::from_le_bytes(hdr[1..5].try_into().unwrap()) as usize;
+        let len = bounded(serial, "shell packet", len, SHELL_PACKET_MAX)?;
         buf.resize(len, 0);
         stream
             .read_exact(&mut buf)
@@ -669,7 +702,8 @@ fn sync_quit(c: &mut Conn) {
 }
 
 fn sync_fail_message(c: &mut Conn, len: u32) -> Result<String, AdbError> {
-    let mut msg = vec![0u8; len as usize];
+    let len = bounded(&c.serial, "sync error message", len as usize, SYNC_TEXT_MAX)?;
+    let mut msg = vec![0u8; len];
     c.read_exact(&mut msg, "sync")?;
     Ok(String::from_utf8_lossy(&msg).into_owned())
 }
@@ -760,7 +794,9 @@ impl Device for AdbDevice {
             let len = u32::from_le_bytes(hdr[4..8].try_into().unwrap());
             match &hdr[..4] {
                 b"DATA" => {
-                    buf.resize(len as usize, 0);
+                    let len =
+                        bounded(&self.serial, "sync data chunk", len as usize, SYNC_DATA_MAX)?;
+                    buf.resize(len, 0);
                     c.read_exact(&mut buf, "pull")?;
                     out.write_all(&buf).map_err(|e| AdbError::Io {
                         serial: self.serial.clone(),
@@ -877,5 +913,22 @@ mod tests {
     #[test]
     fn port_flag_wins_over_env_and_default() {
         assert_eq!(AdbServer::port_from(Some(6111)), 6111);
+    }
+
+    /// A peer announcing a 4 GiB shell packet gets a protocol error, not a 4 GiB allocation.
+    #[test]
+    fn an_oversized_shell_packet_is_refused() {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        let mut hdr = vec![v2::STDOUT];
+        hdr.extend_from_slice(&0xffff_fff0u32.to_le_bytes());
+        peer.write_all(&hdr).unwrap();
+        let e = read_v2(ours, "phone-1", &mut Vec::new(), &mut Vec::new()).unwrap_err();
+        assert!(
+            matches!(&e, AdbError::Protocol { message, .. } if message.contains("4294967280 bytes")),
+            "{e}"
+        );
     }
 }

@@ -565,11 +565,12 @@ pub fn enroll(
     } else {
         None
     };
-    let running = status
-        .as_ref()
-        .is_some_and(|s| s.state == AgentState::Running || s.state == AgentState::Preparing);
+    // Liveness as the phone judged it: a record left by a dead supervisor is not "running".
+    let running = status.as_ref().is_some_and(|s| {
+        s.live() && (s.state == AgentState::Running || s.state == AgentState::Preparing)
+    });
     // Backing off or paused, a supervisor is still there (and its chroot mounted).
-    let supervised = status.is_some_and(|s| s.state != AgentState::Stopped);
+    let supervised = status.is_some_and(|s| s.live() && s.state != AgentState::Stopped);
     let start = !(changed.is_empty() && running);
     if start && (supervised || install_rootfs && have.contains_key(layout::CONFIG)) {
         stop_worker(dev)?;
@@ -679,7 +680,7 @@ pub fn enroll(
     }
     laps.lap("rootfs, config, token, boot hook, start");
     step(progress, "wait", None);
-    if !status_after_start.as_ref().is_some_and(agent_runs) {
+    if !status_after_start.as_ref().is_some_and(Status::agent_up) {
         wait_running(dev, spec.wait)?;
     }
     done(progress, "wait", "agent running".into());
@@ -707,18 +708,12 @@ pub fn stop_worker(dev: &dyn Device) -> Result<(), PhoneError> {
     if !out.success() {
         // Distinguish "was not running" from a real failure by asking for the status again.
         if let Some(s) = read_status(dev)?
-            && !matches!(s.state, AgentState::Stopped)
-            && s.pid != 0
-            && pid_alive_remote(dev, s.pid)?
+            && s.live()
         {
             return Err(remote(dev, "stopping the worker", &out, ""));
         }
     }
     Ok(())
-}
-
-fn pid_alive_remote(dev: &dyn Device, pid: u32) -> Result<bool, PhoneError> {
-    Ok(dev.shell(&as_root(&format!("kill -0 {pid}")))?.success())
 }
 
 /// `node-runtime run --detach`.
@@ -731,26 +726,29 @@ pub fn start_worker(dev: &dyn Device) -> Result<(), PhoneError> {
     Ok(())
 }
 
-/// What enroll and start wait for: the agent process is up.
-fn agent_runs(s: &Status) -> bool {
-    s.state == AgentState::Running && s.agent_pid.is_some()
-}
-
 /// Polls `node-runtime status` until the agent runs, or fails after `wait`.
 pub fn wait_running(dev: &dyn Device, wait: Duration) -> Result<Status, PhoneError> {
     let until = Instant::now() + wait;
     let mut last = "no status yet".to_owned();
     loop {
         if let Some(s) = read_status(dev)? {
-            if agent_runs(&s) {
+            if s.agent_up() {
                 return Ok(s);
             }
-            last = format!(
-                "{:?}{}",
-                s.state,
-                s.message.map(|m| format!(", {m}")).unwrap_or_default()
-            )
-            .to_lowercase();
+            let note = s
+                .message
+                .as_ref()
+                .map(|m| format!(", {m}"))
+                .unwrap_or_default();
+            last = if s.live() {
+                format!("{:?}{note}", s.state).to_lowercase()
+            } else {
+                format!(
+                    "node-runtime (pid {}) is not running; its last record says {:?}{note}",
+                    s.pid, s.state
+                )
+                .to_lowercase()
+            };
         }
         if Instant::now() >= until {
             return Err(PhoneError::NotRunning {

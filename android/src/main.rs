@@ -336,8 +336,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Cmd::Start { targets, wait } => for_each(port, &targets, |dev| {
             require_enrolled(dev)?;
             clear_stopped_flag(dev)?;
-            let running = enroll::read_status(dev)?
-                .is_some_and(|s| s.state == node_runtime::status::AgentState::Running);
+            let running = enroll::read_status(dev)?.is_some_and(|s| s.agent_up());
             if !running {
                 enroll::start_worker(dev)?;
             }
@@ -379,28 +378,36 @@ fn clear_stopped_flag(dev: &AdbDevice) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The devices a command targets: -s, the only one, or --all (every ready one).
-fn targets(server: &AdbServer, t: &Targets) -> Result<Vec<AdbDevice>, Failure> {
-    if t.all {
-        let list = server.devices()?;
-        if list.is_empty() {
-            return Err(AdbError::NoDevice.into());
-        }
-        let mut out = Vec::new();
-        for e in &list {
-            // With --all a phone that is not ready is reported, not fatal for the others.
-            match server.device(e) {
-                Ok(d) => out.push(d),
-                Err(err) => eprintln!("phonectl: {err}"),
-            }
-        }
-        if out.is_empty() {
-            return Err(usage("no attached phone is ready (see the lines above)"));
-        }
-        Ok(out)
-    } else {
-        Ok(vec![server.select(t.serial.as_deref())?])
+/// The devices a command targets: -s, the only one, or --all (every attached one). With --all a
+/// phone that is not ready (unauthorized, offline) does not stop the others: it comes back as a
+/// failure of its own, reported with theirs.
+struct Targeted {
+    ready: Vec<AdbDevice>,
+    unready: Vec<(String, Failure)>,
+}
+
+fn targets(server: &AdbServer, t: &Targets) -> Result<Targeted, Failure> {
+    if !t.all {
+        return Ok(Targeted {
+            ready: vec![server.select(t.serial.as_deref())?],
+            unready: Vec::new(),
+        });
     }
+    let list = server.devices()?;
+    if list.is_empty() {
+        return Err(AdbError::NoDevice.into());
+    }
+    let mut out = Targeted {
+        ready: Vec::new(),
+        unready: Vec::new(),
+    };
+    for e in &list {
+        match server.device(e) {
+            Ok(d) => out.ready.push(d),
+            Err(err) => out.unready.push((e.serial.clone(), err.into())),
+        }
+    }
+    Ok(out)
 }
 
 fn for_each(
@@ -409,14 +416,15 @@ fn for_each(
     f: impl Fn(&AdbDevice) -> Result<String, Failure> + Sync,
 ) -> Result<ExitCode, Failure> {
     let server = AdbServer::connect(port)?;
-    let devs = targets(&server, t)?;
-    let results: Vec<Result<String, Failure>> = std::thread::scope(|s| {
-        let handles: Vec<_> = devs.iter().map(|d| s.spawn(|| f(d))).collect();
+    let Targeted { ready, unready } = targets(&server, t)?;
+    let mut results: Vec<Result<String, Failure>> = std::thread::scope(|s| {
+        let handles: Vec<_> = ready.iter().map(|d| s.spawn(|| f(d))).collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("worker thread"))
             .collect()
     });
+    results.extend(unready.into_iter().map(|(_, f)| Err(f)));
     summarize(results)
 }
 
@@ -532,46 +540,54 @@ fn devices(server: &AdbServer, json: bool) -> Result<ExitCode, Failure> {
 
 fn status_cmd(port: u16, t: &Targets, json: bool) -> Result<ExitCode, Failure> {
     let server = AdbServer::connect(port)?;
-    let devs = targets(&server, t)?;
-    let results: Vec<Result<(String, Option<node_runtime::status::Status>), Failure>> =
-        std::thread::scope(|s| {
-            let hs: Vec<_> = devs
-                .iter()
-                .map(|d| {
-                    s.spawn(move || {
-                        require_enrolled(d)?;
-                        Ok((d.serial().to_owned(), enroll::read_status(d)?))
-                    })
+    let Targeted { ready, unready } = targets(&server, t)?;
+    type One = (
+        String,
+        Result<Option<node_runtime::status::Status>, Failure>,
+    );
+    let mut results: Vec<One> = std::thread::scope(|s| {
+        let hs: Vec<_> = ready
+            .iter()
+            .map(|d| {
+                s.spawn(move || {
+                    let r = require_enrolled(d)
+                        .and_then(|()| enroll::read_status(d).map_err(Failure::from));
+                    (d.serial().to_owned(), r)
                 })
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("status thread"))
-                .collect()
-        });
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("status thread"))
+            .collect()
+    });
+    results.extend(unready.into_iter().map(|(serial, f)| (serial, Err(f))));
     if json {
-        let mut arr = Vec::new();
-        let mut err = None;
-        for r in results {
-            match r {
-                Ok((serial, st)) => arr.push(serde_json::json!({"serial": serial, "status": st})),
-                Err(f) => err = Some(f),
-            }
-        }
-        if devs.len() == 1 {
-            if let Some(f) = err {
-                return Err(f);
-            }
-            println!("{}", serde_json::to_string_pretty(&arr[0]).unwrap());
+        // Every phone has an entry, a failing one with its error: a script sees all of them.
+        let entries: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(serial, r)| match r {
+                Ok(st) => serde_json::json!({"serial": serial, "ok": true, "status": st}),
+                Err(f) => serde_json::json!({"serial": serial, "ok": false, "error": f.message}),
+            })
+            .collect();
+        let doc = if t.all {
+            serde_json::Value::Array(entries)
         } else {
-            println!("{}", serde_json::to_string_pretty(&arr).unwrap());
-        }
-        return Ok(ExitCode::SUCCESS);
+            entries.into_iter().next().unwrap_or_default()
+        };
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap());
+        let failures = results.into_iter().filter_map(|(_, r)| r.err());
+        return match worst(failures) {
+            None => Ok(ExitCode::SUCCESS),
+            // The JSON says which; stderr still gets the one line.
+            Some(f) => Err(f),
+        };
     }
     summarize(
         results
             .into_iter()
-            .map(|r| {
-                r.map(|(serial, st)| match st {
+            .map(|(serial, r)| {
+                r.map(|st| match st {
                     Some(s) => format!("{serial}: {}", s.render().trim_end()),
                     None => {
                         format!("{serial}: enrolled, node-runtime has not written a status yet")
@@ -588,7 +604,7 @@ fn shell_cmd(port: u16, serial: Option<&str>, command: Vec<String>) -> Result<Ex
     require_enrolled(&dev)?;
     // Inside node-runtime's mount namespace when it runs, so /proc, /dev and the data image are there.
     let pid = enroll::read_status(&dev)?
-        .filter(|s| s.state != node_runtime::status::AgentState::Stopped)
+        .filter(|s| s.live())
         .map(|s| s.pid);
     let inner = if command.is_empty() {
         "/bin/sh -l".to_owned()
@@ -624,7 +640,7 @@ fn shell_cmd(port: u16, serial: Option<&str>, command: Vec<String>) -> Result<Ex
             status.code().unwrap_or(1).clamp(0, 255) as u8
         ));
     }
-    let mut stdin = std::io::stdin();
+    let mut stdin = PolledStdin;
     let code = dev.run_streaming(
         &remote,
         Some(&mut stdin),
@@ -633,6 +649,40 @@ fn shell_cmd(port: u16, serial: Option<&str>, command: Vec<String>) -> Result<Ex
         &mut std::io::stderr(),
     )?;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// This process's stdin, read without blocking for more than a moment: a read with nothing to
+/// read returns `TimedOut`, so the pump that forwards it notices when the remote command has
+/// exited (see `AdbDevice::run_streaming`) instead of waiting for the next key press.
+struct PolledStdin;
+
+impl std::io::Read for PolledStdin {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let fd = std::io::stdin().as_raw_fd();
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, 100) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        // Readable, at end of input, or hung up: a plain read now returns at once. Unbuffered, so
+        // no input is held back in a buffer when the command ends.
+        // SAFETY: reading into a buffer of the length passed.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
+        }
+    }
 }
 
 fn man(dir: Option<&Path>) -> Result<(), Failure> {
@@ -740,8 +790,11 @@ fn enroll_cmd(port: u16, args: EnrollArgs) -> Result<ExitCode, Failure> {
         )));
     }
     let server = AdbServer::connect(port)?;
-    let devs = targets(&server, &args.targets)?;
-    if args.name.is_some() && devs.len() > 1 {
+    let Targeted {
+        ready: devs,
+        unready,
+    } = targets(&server, &args.targets)?;
+    if args.name.is_some() && devs.len() + unready.len() > 1 {
         return Err(usage(
             "--name names one phone: use it with -s SERIAL, not with --all",
         ));
@@ -815,14 +868,20 @@ fn enroll_cmd(port: u16, args: EnrollArgs) -> Result<ExitCode, Failure> {
             .map(|h| h.join().expect("enroll thread"))
             .collect()
     });
+    let mut serials: Vec<String> = devs.iter().map(|d| d.serial().to_owned()).collect();
+    let mut results = results;
+    for (serial, f) in unready {
+        serials.push(serial);
+        results.push(Err(f));
+    }
     if args.json {
         let arr: Vec<_> = results
             .iter()
-            .zip(&devs)
-            .map(|(r, d)| match r {
-                Ok(s) => serde_json::json!({"serial": d.serial(), "ok": true, "summary": s}),
+            .zip(&serials)
+            .map(|(r, serial)| match r {
+                Ok(s) => serde_json::json!({"serial": serial, "ok": true, "summary": s}),
                 Err(f) => {
-                    serde_json::json!({"serial": d.serial(), "ok": false, "error": f.message})
+                    serde_json::json!({"serial": serial, "ok": false, "error": f.message})
                 }
             })
             .collect();

@@ -129,7 +129,14 @@ pub fn fetch_k3s(
         });
     };
     let dir = cache_subdir("downloads")?;
-    Ok(fetch_into(&dir, &url, sha256, progress)?)
+    let dest = artifact_path(&dir, &url, sha256);
+    Ok(crate::download::fetch_pinned_capped(
+        &url,
+        sha256,
+        &dest,
+        crate::download::K3S_MAX_BYTES,
+        progress,
+    )?)
 }
 
 /// File name of the static aarch64 node-runtime when it sits next to the laptop tools or in the cache.

@@ -16,6 +16,14 @@ use std::time::{Duration, Instant};
 /// Attempts per call: the first request plus resumes after a cut connection.
 const ATTEMPTS: u32 = 4;
 
+/// The most [`fetch_pinned`] writes for one file: far above anything armfleet pins (a Debian base
+/// tarball is ~300 MB), low enough that a broken or hostile mirror streaming without end cannot
+/// fill the disk before the hash check would refuse what it sent.
+pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
+
+/// The cap for a k3s binary (k3s-arm64 is about 70 MB).
+pub const K3S_MAX_BYTES: u64 = 256 << 20;
+
 /// What [`fetch_pinned`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {
@@ -86,6 +94,16 @@ pub enum DownloadError {
         /// Its size.
         kept: u64,
     },
+    /// The server sends more than the file can be. The partial file was deleted.
+    #[error(
+        "{url} sends more than {limit} bytes, more than the pinned file can be: the download was stopped and deleted; check the mirror's URL"
+    )]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The cap.
+        limit: u64,
+    },
     /// A local file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -139,11 +157,23 @@ fn lock_path(dest: &Path) -> PathBuf {
 }
 
 /// Downloads `url` to `dest` unless `dest` already has sha256 `sha256`; resumes a partial
-/// download; verifies the hash; renames into place. Blocking.
+/// download; verifies the hash; renames into place. Blocking. At most [`DEFAULT_MAX_BYTES`].
 pub fn fetch_pinned(
     url: &str,
     sha256: &str,
     dest: &Path,
+    progress: &dyn Progress,
+) -> Result<Fetched, DownloadError> {
+    fetch_pinned_capped(url, sha256, dest, DEFAULT_MAX_BYTES, progress)
+}
+
+/// [`fetch_pinned`] with its own size cap: a server announcing or sending more than `max_bytes`
+/// is cut off and what it sent deleted.
+pub fn fetch_pinned_capped(
+    url: &str,
+    sha256: &str,
+    dest: &Path,
+    max_bytes: u64,
     progress: &dyn Progress,
 ) -> Result<Fetched, DownloadError> {
     let pin = sha256.to_ascii_lowercase();
@@ -203,7 +233,7 @@ pub fn fetch_pinned(
             // A short pause lets a flapping uplink come back; the resume makes retries cheap.
             std::thread::sleep(Duration::from_millis(250 * u64::from(attempt - 1)));
         }
-        match fetch_once(&client, url, &part, &step, progress) {
+        match fetch_once(&client, url, &part, &step, max_bytes, progress) {
             Ok(outcome) => {
                 transferred += outcome.received;
                 resumed |= outcome.resumed;
@@ -278,8 +308,16 @@ fn fetch_once(
     url: &str,
     part: &Path,
     step: &str,
+    max_bytes: u64,
     progress: &dyn Progress,
 ) -> Result<Outcome, Failure> {
+    let too_large = || {
+        let _ = std::fs::remove_file(part);
+        Failure::Fatal(DownloadError::TooLarge {
+            url: url.to_owned(),
+            limit: max_bytes,
+        })
+    };
     let fatal_io = |source: io::Error| {
         Failure::Fatal(DownloadError::Io {
             path: part.to_owned(),
@@ -346,6 +384,9 @@ fn fetch_once(
         }
     };
     let total = response.content_length().map(|len| len + start);
+    if total.is_some_and(|t| t > max_bytes) {
+        return Err(too_large());
+    }
     progress.event(Event::StepStarted {
         step: step.to_owned(),
         total,
@@ -372,6 +413,10 @@ fn fetch_once(
                 });
             }
         };
+        if start + received + n as u64 > max_bytes {
+            drop(file);
+            return Err(too_large());
+        }
         file.write_all(&buf[..n]).map_err(fatal_io)?;
         hasher.update(&buf[..n]);
         received += n as u64;

@@ -12,6 +12,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+/// The longest wait `node.toml` may ask for (a stop grace, a backoff cap), in seconds: a day. Beyond
+/// it a value is a typo, and timers built from it must not overflow.
+pub const MAX_WAIT_SECS: u64 = 86_400;
+
 /// Where `node.toml` lives on a Pi (and inside a phone's chroot).
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/armfleet/node.toml";
 
@@ -426,17 +430,44 @@ impl NodeConfig {
                 "k3s.url is set without a sha256 pin: a downloaded binary must be verified; add the pin".into(),
             ));
         }
-        for (key, path) in [
+        // Paths inside the worker's root: `..` would reach out of a phone's chroot (a token file
+        // written to `../../x` lands outside the rootfs), so each must be absolute and plain.
+        let mut paths: Vec<(&str, &Path)> = vec![
             ("server.token_file", &self.server.token_file),
             ("k3s.bin", &self.k3s.bin),
             ("k3s.data_dir", &self.k3s.data_dir),
             ("logs.dir", &self.logs.dir),
             ("status_file", &self.status_file),
-        ] {
+        ];
+        if let Some(drop) = &self.server.token_drop {
+            paths.push(("server.token_drop", drop));
+        }
+        if let Some(di) = &self.k3s.data_image {
+            paths.push(("k3s.data_image.path", &di.path));
+        }
+        if let Some(c) = &self.chroot {
+            paths.push(("chroot.root", &c.root));
+        }
+        if let Some(p) = &self.power {
+            paths.push(("power.power_supply_dir", &p.power_supply_dir));
+        }
+        for (key, path) in paths {
             if !path.is_absolute() {
                 return Err(bad(
                     key,
                     format!("{} is not an absolute path", path.display()),
+                ));
+            }
+            if path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(bad(
+                    key,
+                    format!(
+                        "{} contains `..`: give the path without it (it must stay inside the worker's root)",
+                        path.display()
+                    ),
                 ));
             }
         }
@@ -521,6 +552,30 @@ impl NodeConfig {
                 "logs.max_bytes",
                 format!("{} is too small: use at least 4096", self.logs.max_bytes),
             ));
+        }
+        for (key, v, max) in [
+            (
+                "supervise.stop_grace_secs",
+                self.supervise.stop_grace_secs,
+                MAX_WAIT_SECS,
+            ),
+            (
+                "supervise.backoff_max_secs",
+                self.supervise.backoff_max_secs,
+                MAX_WAIT_SECS,
+            ),
+            (
+                "supervise.healthy_after_secs",
+                self.supervise.healthy_after_secs,
+                MAX_WAIT_SECS,
+            ),
+        ] {
+            if v > max {
+                return Err(bad(
+                    key,
+                    format!("{v} s is more than {max} s: use a value up to {max}"),
+                ));
+            }
         }
         if self.supervise.backoff_initial_ms == 0 || self.supervise.backoff_initial_ms > 1000 {
             return Err(bad(
@@ -654,6 +709,56 @@ root = "/data/armfleet/rootfs"
             .unwrap_err()
             .to_string();
         assert!(err.contains("power.charge_resume_below"), "{err}");
+    }
+
+    #[test]
+    fn paths_with_parent_components_are_refused() {
+        for (from, to, key) in [
+            (
+                "status_file = \"/var/lib/armfleet/status.json\"",
+                "status_file = \"/var/lib/armfleet/../../x\"",
+                "status_file",
+            ),
+            (
+                "url = \"https://10.10.0.1:6443\"",
+                "url = \"https://10.10.0.1:6443\"\ntoken_file = \"/etc/../../../data/token\"",
+                "server.token_file",
+            ),
+            (
+                "url = \"https://10.10.0.1:6443\"",
+                "url = \"https://10.10.0.1:6443\"\ntoken_drop = \"/boot/../../sdcard/t\"",
+                "server.token_drop",
+            ),
+            (
+                "/data/armfleet/k3s-data.img",
+                "/data/armfleet/../k3s-data.img",
+                "k3s.data_image.path",
+            ),
+            (
+                "root = \"/data/armfleet/rootfs\"",
+                "root = \"/data/armfleet/rootfs/..\"",
+                "chroot.root",
+            ),
+        ] {
+            let text = PHONE.replace(from, to);
+            assert_ne!(text, PHONE, "{key}: the replacement did not apply");
+            let err = NodeConfig::from_toml_str(&text, "n.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("key `{key}`")) && err.contains("`..`"),
+                "{key}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn waits_beyond_a_day_are_refused() {
+        let text = format!("{PHONE}[supervise]\nstop_grace_secs = 18446744073709551615\n");
+        let err = NodeConfig::from_toml_str(&text, "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("supervise.stop_grace_secs"), "{err}");
     }
 
     #[test]

@@ -137,6 +137,16 @@ pub enum TokenError {
         /// Hash in the token.
         expected: String,
     },
+    /// `/cacerts` answered with far more than a CA bundle.
+    #[error(
+        "{url} sends more than {limit} bytes, far more than a k3s CA bundle: this is not a k3s server; the token was not sent. Check the server URL"
+    )]
+    CaTooLarge {
+        /// The `/cacerts` URL.
+        url: String,
+        /// The cap.
+        limit: u64,
+    },
     /// Writing the token file failed.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -379,6 +389,9 @@ pub fn hash_ca(pem: &[u8]) -> String {
     }
 }
 
+/// The most of a `/cacerts` answer that is read (a k3s CA bundle is a few KiB).
+pub const MAX_CACERTS_BYTES: u64 = 1 << 20;
+
 /// Fetches `server_url/cacerts` without verifying TLS (that is the point: the hash in the token
 /// is the trust anchor) and compares its hash with the token's, as the k3s agent does before it
 /// sends the token. A mismatch is an error; an unreachable server is reported, not an error.
@@ -409,10 +422,20 @@ pub fn verify_server_ca(server_url: &str, token: &JoinToken) -> Result<CaCheck, 
             response.status().as_u16()
         )));
     }
-    let body = match response.bytes() {
-        Ok(b) => b,
-        Err(e) => return Ok(CaCheck::Unreachable(crate::download::error_chain(&e))),
-    };
+    // A k3s CA bundle is a few kilobytes; an endless answer must not be read into memory.
+    let mut body = Vec::new();
+    if let Err(e) = std::io::Read::read_to_end(
+        &mut std::io::Read::take(response, MAX_CACERTS_BYTES + 1),
+        &mut body,
+    ) {
+        return Ok(CaCheck::Unreachable(crate::download::error_chain(&e)));
+    }
+    if body.len() as u64 > MAX_CACERTS_BYTES {
+        return Err(TokenError::CaTooLarge {
+            url,
+            limit: MAX_CACERTS_BYTES,
+        });
+    }
     let got = hash_ca(&body);
     if got == expected {
         Ok(CaCheck::Verified)

@@ -851,16 +851,12 @@ impl Topology {
             let wifi = match (&rh.wifi, link) {
                 (Some(w), _) => {
                     let ssid = match &w.get_ref().ssid {
-                        Some(s) if !s.get_ref().is_empty() && s.get_ref().len() <= 32 => {
-                            s.get_ref().clone()
-                        }
-                        Some(s) => {
-                            return Err(ctx.bad(
-                                s.span(),
-                                key("wifi.ssid"),
-                                "a Wi-Fi SSID is 1 to 32 bytes".into(),
-                            ));
-                        }
+                        Some(s) => match ssid_problem(s.get_ref()) {
+                            None => s.get_ref().clone(),
+                            Some(why) => {
+                                return Err(ctx.bad(s.span(), key("wifi.ssid"), why.into()));
+                            }
+                        },
                         None => {
                             return Err(ctx.bad(
                                 w.span(),
@@ -1234,6 +1230,36 @@ fn phone_config(topology: &Topology, phone: &Phone) -> Result<NodeConfig, Topolo
     };
     config.validate(&format!("{} (phone {})", topology.origin, phone.name))?;
     Ok(config)
+}
+
+/// What is wrong with a Wi-Fi SSID, if anything. It goes between double quotes in
+/// `wpa_supplicant.conf`, so a quote or a line break would end it and let the rest of the name
+/// become configuration lines.
+pub fn ssid_problem(ssid: &str) -> Option<&'static str> {
+    if ssid.is_empty() || ssid.len() > 32 {
+        Some("a Wi-Fi SSID is 1 to 32 bytes")
+    } else if ssid.chars().any(|c| c == '"' || c.is_control()) {
+        Some(
+            "a Wi-Fi SSID must not contain a double quote, a line break or other control characters",
+        )
+    } else {
+        None
+    }
+}
+
+/// What is wrong with a WPA passphrase, if anything: 8 to 63 characters or a 64-hex PSK,
+/// without the quote or line break that would break out of `wpa_supplicant.conf`'s quoting.
+pub fn passphrase_problem(p: &str) -> Option<&'static str> {
+    let hex64 = p.len() == 64 && p.bytes().all(|b| b.is_ascii_hexdigit());
+    if !hex64 && !(8..=63).contains(&p.len()) {
+        Some("a Wi-Fi passphrase is 8 to 63 characters (or a 64-hex PSK)")
+    } else if p.chars().any(|c| c == '"' || c.is_control()) {
+        Some(
+            "a Wi-Fi passphrase must not contain a double quote, a line break or other control characters",
+        )
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -29,8 +29,10 @@ ExecStart=/usr/local/bin/node-runtime run --config /etc/armfleet/node.toml
 # node-runtime restarts k3s with backoff itself; systemd restarts node-runtime.
 Restart=always
 RestartSec=5s
-# k3s runs containers: let node-runtime stop them itself, within its own grace period.
-KillMode=process
+# SIGTERM to node-runtime alone (it stops the agent's process group in order, within its grace
+# period), then SIGKILL to whatever is still in the unit's cgroup: nothing of a stopped or crashed
+# supervisor is left to run beside the next one (KillMode=process would leave k3s running).
+KillMode=mixed
 TimeoutStopSec=60s
 Delegate=yes
 LimitNOFILE=1048576
@@ -53,6 +55,9 @@ mod tests {
         assert!(lines.contains(&"Wants=network-online.target"));
         assert!(lines.contains(&"Restart=always"));
         assert!(lines.contains(&"WantedBy=multi-user.target"));
+        // A stop or a crash of node-runtime takes the rest of the unit's cgroup with it.
+        assert!(lines.contains(&"KillMode=mixed"));
+        assert!(!lines.iter().any(|l| l.starts_with("KillMode=process")));
         assert!(
             lines.contains(
                 &format!(

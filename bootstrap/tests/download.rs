@@ -3,7 +3,7 @@
 mod support;
 
 use bootstrap::digest::sha256_hex;
-use bootstrap::download::{DownloadError, fetch_pinned, part_path};
+use bootstrap::download::{DownloadError, fetch_pinned, fetch_pinned_capped, part_path};
 use bootstrap::progress::{Event, Silent};
 use std::sync::Mutex;
 use support::{HttpServer, Mode, content};
@@ -195,4 +195,43 @@ fn http_errors_and_bad_pins_are_reported() {
     assert!(matches!(err, DownloadError::BadPin { .. }), "{err}");
     let err = fetch_pinned("ftp://x/y", &"a".repeat(64), &dest, &Silent).unwrap_err();
     assert!(matches!(err, DownloadError::BadUrl { .. }), "{err}");
+}
+
+/// A mirror that announces or streams more than the cap is cut off and what it sent is deleted:
+/// it cannot fill the disk before the hash check.
+#[test]
+fn a_mirror_sending_more_than_the_cap_is_cut_off_and_nothing_kept() {
+    let server = HttpServer::start();
+    let body = content(SIZE, 7);
+    let pin = sha256_hex(&body);
+    server.put("/k3s", body);
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("k3s");
+    let cap = 1 << 20;
+    // Announced too large (Content-Length): refused before a byte is written.
+    let err = fetch_pinned_capped(&server.url("/k3s"), &pin, &dest, cap, &Silent).unwrap_err();
+    assert!(
+        matches!(err, DownloadError::TooLarge { limit, .. } if limit == cap),
+        "{err}"
+    );
+    assert!(err.to_string().contains("more than 1048576 bytes"), "{err}");
+    assert!(!dest.exists() && !part_path(&dest).exists());
+    // Endless stream without a length: stopped at the cap, the partial file deleted.
+    server.set_mode(Mode::Endless);
+    let err = fetch_pinned_capped(&server.url("/k3s"), &pin, &dest, cap, &Silent).unwrap_err();
+    assert!(matches!(err, DownloadError::TooLarge { .. }), "{err}");
+    assert!(!dest.exists() && !part_path(&dest).exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                !e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
+            .count(),
+        0
+    );
 }

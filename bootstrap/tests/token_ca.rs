@@ -136,3 +136,29 @@ fn tokens_without_hash_need_no_server() {
         CaCheck::NoHashInToken
     );
 }
+
+/// A server answering /cacerts with an endless body: read up to a bound, then refused.
+#[test]
+fn an_endless_cacerts_answer_is_refused_not_read_into_memory() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                let chunk = vec![b'A'; 64 * 1024];
+                while conn.write_all(&chunk).is_ok() {}
+            });
+        }
+    });
+    let token = JoinToken::parse(&format!("K10{}::server:pw", "a".repeat(64)), "test").unwrap();
+    let err = verify_server_ca(&url, &token).unwrap_err();
+    assert!(matches!(err, TokenError::CaTooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("not a k3s server"), "{err}");
+}

@@ -11,6 +11,7 @@ use bootstrap::progress::{Event, Progress};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -362,10 +363,12 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummar
 
     let t = step(progress, "partition table");
     let _ = std::fs::remove_file(&tmp_img);
+    // 0600 whatever the umask: the image carries the join token, node.toml and the Wi-Fi key.
     let mut img = File::options()
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&tmp_img)
         .map_err(io(&tmp_img))?;
     img.set_len(total).map_err(io(&tmp_img)).map_err(no_space)?;
@@ -425,7 +428,14 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummar
     });
     synced.map_err(io(&tmp_img)).map_err(no_space)?;
     let (bmap, sha256) = hashed?;
+    // The bmap holds only block ranges and checksums: readable by all, like any image index.
     std::fs::write(&tmp_bmap, bmap.to_xml())
+        .and_then(|()| {
+            std::fs::set_permissions(
+                &tmp_bmap,
+                std::os::unix::fs::PermissionsExt::from_mode(0o644),
+            )
+        })
         .map_err(io(&tmp_bmap))
         .map_err(no_space)?;
     done(
@@ -685,7 +695,13 @@ fn bake_k3s(
     if let (Some(url), Some(sha)) = (&node.k3s.url, &node.k3s.sha256) {
         let dest = crate::assets::cache_root().join("k3s").join(sha);
         let _ = std::fs::create_dir_all(dest.parent().unwrap());
-        match bootstrap::download::fetch_pinned(url, sha, &dest, progress) {
+        match bootstrap::download::fetch_pinned_capped(
+            url,
+            sha,
+            &dest,
+            bootstrap::download::K3S_MAX_BYTES,
+            progress,
+        ) {
             Ok(_) => {
                 let data = std::fs::read(&dest).map_err(io(&dest))?;
                 tree.add_file(&bin, 0o755, &data)?;

@@ -75,6 +75,27 @@ pub enum FlashError {
     /// The target is neither a block device nor a regular file.
     #[error("{0} is neither a block device nor a regular file")]
     NotATarget(PathBuf),
+    /// A path under /dev that is no block device (or none at all): no card there.
+    #[error(
+        "{0} is not a block device (no card is there): plug the card in and check its name with `imagegen flash IMAGE` (which lists the cards) or `lsblk`"
+    )]
+    NoSuchDevice(PathBuf),
+    /// A file target without `--to-file`.
+    #[error(
+        "{0} is not a block device: to write the image into a file, add --to-file; to write a card, give its device (e.g. /dev/sdb)"
+    )]
+    FileWithoutFlag(PathBuf),
+    /// `--to-file` with a block device.
+    #[error("{0} is a block device, but --to-file was given: drop --to-file to flash the card")]
+    DeviceWithFileFlag(PathBuf),
+    /// The target is the image (or its bmap) itself.
+    #[error("{target} is {what} itself: give another target")]
+    SameAsSource {
+        /// The target.
+        target: PathBuf,
+        /// "the image" / "the bmap".
+        what: &'static str,
+    },
     /// The kernel refused exclusive access.
     #[error("{device} is busy (held by another program or mounted): close what uses it and retry")]
     Busy {
@@ -391,30 +412,76 @@ pub fn system_disks() -> Vec<PathBuf> {
     out
 }
 
-/// Checks that `device` may be overwritten with an image of `image_size` bytes.
-pub fn preflight(device: &Path, image_size: u64) -> Result<TargetInfo, FlashError> {
+/// What the user asked to write to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    /// A card: the path must be a whole-disk block device.
+    Device,
+    /// A file (`--to-file`): created or overwritten, never a block device.
+    File,
+}
+
+/// The files a flash reads from: a target may be none of them.
+#[derive(Debug, Clone, Copy)]
+pub struct Sources<'a> {
+    /// The image.
+    pub image: &'a Path,
+    /// Its bmap.
+    pub bmap: &'a Path,
+}
+
+/// Checks that `device` may be overwritten with an image of `image_size` bytes. A path under
+/// `/dev` must be an existing block device (a missing card must not turn into a file in /dev's
+/// RAM); anything else is a file only with [`TargetKind::File`]; the target is never a source.
+pub fn preflight(
+    device: &Path,
+    kind: TargetKind,
+    sources: Sources<'_>,
+    image_size: u64,
+) -> Result<TargetInfo, FlashError> {
     let meta = match std::fs::metadata(device) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(ioe(device)(e)),
+    };
+    if let Some(m) = &meta {
+        for (path, what) in [(sources.image, "the image"), (sources.bmap, "the bmap")] {
+            if let Ok(src) = std::fs::metadata(path)
+                && (src.dev(), src.ino()) == (m.dev(), m.ino())
+            {
+                return Err(FlashError::SameAsSource {
+                    target: device.to_owned(),
+                    what,
+                });
+            }
+        }
+    }
+    let is_block = meta
+        .as_ref()
+        .is_some_and(|m| m.file_type().is_block_device());
+    if device.starts_with("/dev") && !is_block {
+        return Err(FlashError::NoSuchDevice(device.to_owned()));
+    }
+    match (kind, is_block) {
+        (TargetKind::File, true) => return Err(FlashError::DeviceWithFileFlag(device.to_owned())),
+        (TargetKind::Device, false) => return Err(FlashError::FileWithoutFlag(device.to_owned())),
+        (TargetKind::File, false) => {
+            if let Some(m) = &meta
+                && !m.is_file()
+            {
+                return Err(FlashError::NotATarget(device.to_owned()));
+            }
             return Ok(TargetInfo {
                 path: device.to_owned(),
                 block_device: false,
-                size: 0,
+                size: meta.map(|m| m.len()).unwrap_or(0),
                 kernel_name: String::new(),
                 model: String::new(),
             });
         }
-        Err(e) => return Err(ioe(device)(e)),
-    };
-    if meta.is_file() {
-        return Ok(TargetInfo {
-            path: device.to_owned(),
-            block_device: false,
-            size: meta.len(),
-            kernel_name: String::new(),
-            model: String::new(),
-        });
+        (TargetKind::Device, true) => {}
     }
+    let meta = meta.expect("a block device exists");
     if !meta.file_type().is_block_device() {
         return Err(FlashError::NotATarget(device.to_owned()));
     }

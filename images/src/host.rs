@@ -90,21 +90,15 @@ impl HostPlan {
             }
         }
         if let Some(w) = &self.wifi {
-            if w.ssid.is_empty() || w.ssid.len() > 32 {
-                return Err(bad("Wi-Fi SSID must be 1-32 bytes".into()));
+            if let Some(why) = bootstrap::topology::ssid_problem(&w.ssid) {
+                return Err(bad(why.into()));
             }
-            if let Some(p) = &w.psk {
-                let hex64 = p.len() == 64 && p.bytes().all(|b| b.is_ascii_hexdigit());
-                if !hex64 && !(8..=63).contains(&p.len()) {
-                    return Err(bad(
-                        "Wi-Fi passphrase must be 8-63 characters (or a 64-hex PSK)".into(),
-                    ));
-                }
-                if p.contains(['"', '\n']) {
-                    return Err(bad(
-                        "Wi-Fi passphrase must not contain a quote or newline".into()
-                    ));
-                }
+            if let Some(why) = w
+                .psk
+                .as_deref()
+                .and_then(bootstrap::topology::passphrase_problem)
+            {
+                return Err(bad(why.into()));
             }
             if w.country.len() != 2 || !w.country.bytes().all(|b| b.is_ascii_uppercase()) {
                 return Err(bad(format!(
@@ -117,9 +111,10 @@ impl HostPlan {
             if !(k.starts_with("ssh-") || k.starts_with("ecdsa-") || k.starts_with("sk-"))
                 || k.contains('\n')
             {
+                // The start of the line names it; cut at a character, not a byte.
+                let start: String = k.chars().take(20).collect();
                 return Err(bad(format!(
-                    "SSH key {:?}… is not an OpenSSH public key line",
-                    &k[..k.len().min(20)]
+                    "SSH key {start:?}… is not an OpenSSH public key line"
                 )));
             }
         }

@@ -110,16 +110,19 @@ enum Command {
     Other(Vec<String>),
     /// Write an image to a card: only the mapped blocks of its .bmap, then verify them.
     #[command(
-        after_help = "Examples:\n  imagegen flash rpi4-2.img /dev/sdb\n  imagegen flash rpi4-2.img /dev/mmcblk0 --yes\n  imagegen flash rpi4-2.img copy.img      # to a file"
+        after_help = "Examples:\n  imagegen flash rpi4-2.img /dev/sdb\n  imagegen flash rpi4-2.img /dev/mmcblk0 --yes\n  imagegen flash rpi4-2.img copy.img --to-file      # to a file"
     )]
     Flash {
         /// The image (its bmap is IMG.bmap).
         image: PathBuf,
-        /// The card (whole disk, e.g. /dev/sdb) or a file.
+        /// The card (whole disk, e.g. /dev/sdb), or a file with --to-file.
         device: PathBuf,
         /// Do not ask before writing.
         #[arg(long)]
         yes: bool,
+        /// The target is a file to create or overwrite, not a card.
+        #[arg(long)]
+        to_file: bool,
         /// The bmap (default: IMG.bmap).
         #[arg(long, value_name = "FILE")]
         bmap: Option<PathBuf>,
@@ -231,8 +234,9 @@ fn main() -> ExitCode {
             image,
             device,
             yes,
+            to_file,
             bmap,
-        } => flash(image, device, yes, bmap),
+        } => flash(image, device, yes, to_file, bmap),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -450,7 +454,13 @@ fn read_token(p: &std::path::Path) -> Result<Vec<u8>, Failure> {
     Ok(v)
 }
 
-fn flash(image: PathBuf, device: PathBuf, yes: bool, bmap: Option<PathBuf>) -> Result<(), Failure> {
+fn flash(
+    image: PathBuf,
+    device: PathBuf,
+    yes: bool,
+    to_file: bool,
+    bmap: Option<PathBuf>,
+) -> Result<(), Failure> {
     let bmap_path = bmap.unwrap_or_else(|| PathBuf::from(format!("{}.bmap", image.display())));
     let xml = std::fs::read_to_string(&bmap_path).map_err(|e| {
         Failure::Other(
@@ -459,7 +469,16 @@ fn flash(image: PathBuf, device: PathBuf, yes: bool, bmap: Option<PathBuf>) -> R
         )
     })?;
     let map = imagegen::bmap::Bmap::parse(&xml, &bmap_path)?;
-    let target = imagegen::flash::preflight(&device, map.image_size)?;
+    let kind = if to_file {
+        imagegen::flash::TargetKind::File
+    } else {
+        imagegen::flash::TargetKind::Device
+    };
+    let sources = imagegen::flash::Sources {
+        image: &image,
+        bmap: &bmap_path,
+    };
+    let target = imagegen::flash::preflight(&device, kind, sources, map.image_size)?;
     if !yes {
         let what = if target.block_device {
             format!(

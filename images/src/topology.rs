@@ -315,6 +315,45 @@ wifi = { ssid = "guest" }
     }
 
     #[test]
+    fn an_ssid_that_would_break_out_of_its_quotes_is_refused() {
+        // In the topology: refused at the key, with its line.
+        for ssid in [
+            r#"lab\"\nnetwork={\n ssid=\"evil"#,
+            "two\\nlines",
+            "quote\\\"",
+        ] {
+            let text = TOPO.replace("ssid = \"guest\"", &format!("ssid = \"{ssid}\""));
+            assert_ne!(text, TOPO);
+            let e = Topology::from_toml_str(&text, "test.toml", Path::new("/nonexistent"))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("wifi.ssid") && e.contains("double quote") && e.contains("test.toml:"),
+                "{ssid}: {e}"
+            );
+        }
+        // And in a plan built any other way: refused before anything is written.
+        let mut p = plan_from(&topo(), &Board::by_name("rpi3a").unwrap(), None)
+            .unwrap()
+            .plan;
+        p.wifi.as_mut().unwrap().ssid = "lab\"\nctrl_interface=/tmp/x".into();
+        let e = p.validate().unwrap_err().to_string();
+        assert!(e.contains("double quote"), "{e}");
+    }
+
+    #[test]
+    fn a_non_ascii_ssh_key_is_an_error_not_a_panic() {
+        let mut p = plan_from(&topo(), &Board::by_name("rpi4").unwrap(), Some("trunk-pi"))
+            .unwrap()
+            .plan;
+        // 19 ASCII bytes then a two-byte character straddling byte 20.
+        p.ssh_keys = vec!["AAAAAAAAAAAAAAAAAAAé ключ".into()];
+        let e = p.validate().unwrap_err().to_string();
+        assert!(e.contains("not an OpenSSH public key line"), "{e}");
+    }
+
+    #[test]
     fn host_of_another_board_is_refused_with_the_right_command() {
         let e =
             plan_from(&topo(), &Board::by_name("rpi3a").unwrap(), Some("trunk-pi")).unwrap_err();

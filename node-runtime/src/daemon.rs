@@ -1,5 +1,6 @@
 //! `run --detach` (double fork, new session, stdio to the log dir, the parent waits until the
-//! child says it is prepared and has written its first status) and `stop` (SIGTERM to the pidfile's pid, then wait).
+//! child says it is prepared and has written its first status) and `stop` (SIGTERM to the live
+//! supervisor that holds the pidfile, then wait).
 
 use crate::status::pid_alive;
 use crate::supervisor::{RunError, RunOptions};
@@ -109,7 +110,7 @@ pub fn detach(config_path: &Path) -> Result<u32, DaemonError> {
             let _ = std::fs::File::from(rd).read_to_string(&mut answer);
             let _ = nix::sys::wait::waitpid(child, None);
             if answer.starts_with("ok") {
-                let pidfile = config.host_path(&crate::pidfile(&config));
+                let pidfile = config.host_path(&crate::pidfile_path(&config));
                 let pid = std::fs::read_to_string(&pidfile)
                     .ok()
                     .and_then(|t| t.trim().parse().ok())
@@ -188,32 +189,34 @@ pub enum Stopped {
     },
 }
 
-/// Sends SIGTERM to the pidfile's supervisor and waits for it to exit (agent grace + 10 s).
+/// Sends SIGTERM to the supervisor holding the pidfile — only when it is a live node-runtime —
+/// and waits for it to exit (agent grace + 10 s). Then, running or not, makes sure the phone's
+/// charging switch is not left off (a supervisor killed outright cannot give it back itself).
 pub fn stop(config: &NodeConfig) -> Result<Stopped, DaemonError> {
-    let pidfile = config.host_path(&crate::pidfile(config));
-    let Some(pid) = std::fs::read_to_string(&pidfile)
-        .ok()
-        .and_then(|t| t.trim().parse::<u32>().ok())
-        .filter(|p| pid_alive(*p))
-    else {
-        return Ok(Stopped::NotRunning);
-    };
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .map_err(|e| DaemonError::Sys {
-        what: format!("kill -TERM {pid}"),
-        source: e.into(),
-    })?;
-    let secs = config.supervise.stop_grace_secs + 10;
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    // pidfd would avoid polling, but the pid is not our child; 50 ms steps cost nothing here.
-    while pid_alive(pid) {
-        if Instant::now() >= deadline {
-            return Err(DaemonError::StillRunning { pid, secs });
+    let pidfile = config.host_path(&crate::pidfile_path(config));
+    let stopped = match crate::pidfile::holder(&pidfile) {
+        None => Stopped::NotRunning,
+        Some(pid) => {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .map_err(|e| DaemonError::Sys {
+                what: format!("kill -TERM {pid}"),
+                source: e.into(),
+            })?;
+            let secs = config.supervise.stop_grace_secs.saturating_add(10);
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            // pidfd would avoid polling, but the pid is not our child; 50 ms steps cost nothing.
+            while pid_alive(pid) {
+                if Instant::now() >= deadline {
+                    return Err(DaemonError::StillRunning { pid, secs });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Stopped::Stopped { pid }
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(Stopped::Stopped { pid })
+    };
+    crate::power::release_charge_switch(config);
+    Ok(stopped)
 }

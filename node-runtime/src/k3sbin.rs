@@ -73,7 +73,13 @@ pub fn ensure_k3s(
             Ok(false)
         }
         (Some(pin), Some(url)) => {
-            let fetched = bootstrap::download::fetch_pinned(url, pin, bin, progress)?;
+            let fetched = bootstrap::download::fetch_pinned_capped(
+                url,
+                pin,
+                bin,
+                bootstrap::download::K3S_MAX_BYTES,
+                progress,
+            )?;
             let mut perm = std::fs::metadata(bin).map_err(io)?.permissions();
             if perm.mode() & 0o111 != 0o111 {
                 perm.set_mode(0o755);

@@ -8,19 +8,23 @@
 //! - [`logs`]: size-rotated log files.
 //! - [`power`]: phone battery care (charge switch, low-battery pause) and the wakelock.
 //! - [`chroot`]: the phone's chroot in its own mount namespace, cgroups, the ext4 data image.
-//! - [`daemon`]: `run --detach`, the pidfile, `stop`.
+//! - [`daemon`]: `run --detach` and `stop`.
+//! - [`pidfile`]: the pidfile lock that says which supervisor runs.
 //! - [`unpack`]: `node-runtime unpack`, the atomic rootfs install.
+//! - [`beneath`]: creating archive entries strictly beneath one directory.
 //! - [`files`]: `node-runtime write-files`, small root files (config, token, boot hook) from stdin.
 //! - [`kernel`]: `check-kernel`, the k3s kernel requirements.
 #![deny(missing_docs)]
 
 pub mod agent;
+pub mod beneath;
 pub mod chroot;
 pub mod daemon;
 pub mod files;
 pub mod k3sbin;
 pub mod kernel;
 pub mod logs;
+pub mod pidfile;
 pub mod power;
 pub mod status;
 pub mod supervisor;
@@ -36,7 +40,7 @@ pub const PIDFILE_NAME: &str = "node-runtime.pid";
 
 /// The pidfile of `node-runtime run` as a path inside the worker's root (see
 /// [`bootstrap::NodeConfig::host_path`] for the path outside a phone's chroot).
-pub fn pidfile(config: &bootstrap::NodeConfig) -> std::path::PathBuf {
+pub fn pidfile_path(config: &bootstrap::NodeConfig) -> std::path::PathBuf {
     config
         .status_file
         .parent()

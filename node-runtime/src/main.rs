@@ -16,7 +16,7 @@ use std::process::ExitCode;
   node-runtime run --detach --config /data/armfleet/node.toml   # phone boot hook
   node-runtime status --json
   node-runtime stop
-  phonectl push rootfs.tar.gz | node-runtime unpack --dest /data/armfleet/rootfs --sha256 <HASH>
+  node-runtime unpack --dest /data/armfleet/rootfs --sha256 <HASH> < node-rootfs.tar.gz
   node-runtime check-kernel --config-gz config.gz"
 )]
 struct Cli {
@@ -162,13 +162,17 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
         Cmd::Status { config, json } => {
             let c = bootstrap::NodeConfig::load(&config).map_err(|e| fail(ExitClass::Usage, e))?;
             let path = c.host_path(&c.status_file);
-            let s = status::read(&path).map_err(|e| fail(ExitClass::Device, e))?;
+            let mut s = status::read(&path).map_err(|e| fail(ExitClass::Device, e))?;
+            // Judged here, on the worker: the record's writer holds the pidfile's lock.
+            let holder = pidfile::holder(&c.host_path(&pidfile_path(&c)));
+            s.supervisor_running = Some(holder == Some(s.pid));
             if json {
                 println!("{}", serde_json::to_string_pretty(&s).expect("serialises"));
             } else {
                 print!("{}", s.render());
             }
-            // The record was printed: success, whatever it says (phonectl parses it).
+            // The record was printed: success, whatever it says (phonectl parses it; the
+            // record carries whether its supervisor runs).
             Ok(0)
         }
         Cmd::Unpack {
@@ -179,7 +183,7 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             let result = match bytes {
                 // Unbuffered: std's stdin buffer would swallow bytes past the archive that the
                 // next command in the shell needs.
-                Some(n) => unpack::unpack(raw_stdin().take(n), &dest, sha256.as_deref(), Some(n)),
+                Some(n) => unpack::unpack(raw_stdin()?.take(n), &dest, sha256.as_deref(), Some(n)),
                 None => unpack::unpack(std::io::stdin().lock(), &dest, sha256.as_deref(), None),
             };
             let u = result.map_err(|e| {
@@ -203,6 +207,12 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                     ""
                 }
             );
+            if let Some(old) = &u.leftover {
+                eprintln!(
+                    "node-runtime: warning: the previous tree could not be removed from {}: the next unpack removes it",
+                    old.display()
+                );
+            }
             Ok(0)
         }
         Cmd::WriteFiles { files } => {
@@ -211,7 +221,7 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                 .map(|f| files::FileSpec::parse(f))
                 .collect::<Result<_, _>>()
                 .map_err(|e| fail(ExitClass::Usage, e))?;
-            files::write_files(raw_stdin(), &specs).map_err(|e| {
+            files::write_files(raw_stdin()?, &specs).map_err(|e| {
                 let class = match e {
                     files::FilesError::Io { .. } => ExitClass::Device,
                     _ => ExitClass::Usage,
@@ -260,11 +270,13 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
 
 /// Stdin without std's buffer: reads take only what they ask for, so a command reading part of
 /// stdin leaves the rest to the next one.
-fn raw_stdin() -> std::fs::File {
+fn raw_stdin() -> Result<std::fs::File, Failure> {
     use std::os::fd::{AsFd, OwnedFd};
-    let fd: OwnedFd = std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .expect("stdin is open");
-    std::fs::File::from(fd)
+    let fd: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned().map_err(|e| {
+        fail(
+            ExitClass::Usage,
+            format!("stdin is closed ({e}): give the data on stdin, e.g. `< file`"),
+        )
+    })?;
+    Ok(std::fs::File::from(fd))
 }

@@ -152,6 +152,45 @@ pub fn find_charge_switch(dir: &Path) -> Option<ChargeSwitch> {
         .copied()
 }
 
+/// Lets the battery charge again when the config has battery care and the switch holds charging
+/// off; what `node-runtime stop` does after the supervisor is gone. Paths are those seen from
+/// where `stop` runs (outside a phone's chroot; `/sys` is the same there).
+pub fn release_charge_switch(config: &bootstrap::NodeConfig) {
+    let Some(p) = &config.power else { return };
+    let Some(switch) = find_charge_switch(&p.power_supply_dir) else {
+        return;
+    };
+    if read_charging(&p.power_supply_dir, &switch) == Some(false) {
+        match set_charging(&p.power_supply_dir, &switch, true) {
+            Ok(()) => crate::say(format!(
+                "charging was held off ({}): allowed again",
+                switch.file
+            )),
+            Err(e) => crate::say(format!(
+                "charging is held off ({}) and could not be allowed again: {e}",
+                switch.file
+            )),
+        }
+    }
+}
+
+/// Whether the switch currently lets the battery charge (None: it reads neither value).
+pub fn read_charging(dir: &Path, switch: &ChargeSwitch) -> Option<bool> {
+    let v = read_trim(&dir.join(switch.file))?;
+    // `charge_behaviour` shows the choices with the current one in brackets.
+    let current = v
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+        .unwrap_or(&v);
+    if current == switch.allow {
+        Some(true)
+    } else if current == switch.stop {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// Sets the switch; `allow` = let the battery charge.
 pub fn set_charging(dir: &Path, switch: &ChargeSwitch, allow: bool) -> std::io::Result<()> {
     std::fs::write(
@@ -182,12 +221,13 @@ pub struct PowerPolicy {
 }
 
 impl PowerPolicy {
-    /// A policy with the config's marks; `has_switch` when the kernel offers a charging switch.
-    pub fn new(marks: Power, has_switch: bool) -> PowerPolicy {
+    /// A policy with the config's marks; `charging` is the switch's current state (None when the
+    /// kernel offers no charging switch).
+    pub fn new(marks: Power, charging: Option<bool>) -> PowerPolicy {
         PowerPolicy {
             marks,
             agent_paused: false,
-            charging_allowed: has_switch.then_some(true),
+            charging_allowed: charging,
         }
     }
 
@@ -295,7 +335,7 @@ mod tests {
 
     #[test]
     fn charge_switch_has_hysteresis() {
-        let mut p = PowerPolicy::new(Power::default(), true);
+        let mut p = PowerPolicy::new(Power::default(), Some(true));
         assert_eq!(p.decide(&reading(79, "Charging", true)), vec![]);
         assert_eq!(
             p.decide(&reading(80, "Charging", true)),
@@ -311,7 +351,7 @@ mod tests {
 
     #[test]
     fn agent_pauses_low_and_unplugged_and_resumes_at_the_mark() {
-        let mut p = PowerPolicy::new(Power::default(), false);
+        let mut p = PowerPolicy::new(Power::default(), None);
         assert_eq!(
             p.decide(&reading(10, "Charging", true)),
             vec![],
@@ -350,7 +390,19 @@ mod tests {
         assert_eq!(r.temperature_c, Some(35.5));
         let s = find_charge_switch(d.path()).unwrap();
         assert_eq!(s.file, "battery/input_suspend");
+        assert_eq!(read_charging(d.path(), &s), Some(true));
         set_charging(d.path(), &s, false).unwrap();
         assert_eq!(std::fs::read_to_string(d.path().join(s.file)).unwrap(), "1");
+        assert_eq!(read_charging(d.path(), &s), Some(false));
+        // The sysfs choice list with the current value in brackets.
+        w(
+            "battery/charge_behaviour",
+            "auto [inhibit-charge] force-discharge\n",
+        );
+        let cb = CHARGE_SWITCHES
+            .iter()
+            .find(|s| s.file == "battery/charge_behaviour")
+            .unwrap();
+        assert_eq!(read_charging(d.path(), cb), Some(false));
     }
 }

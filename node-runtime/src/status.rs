@@ -85,6 +85,11 @@ pub struct Status {
     pub battery: Option<Battery>,
     /// A short note for the human (the last problem, the reason for a pause).
     pub message: Option<String>,
+    /// Whether the supervisor that wrote this record still runs, as `node-runtime status` judged
+    /// it on the worker (the pidfile's lock is held by that pid, and it is node-runtime). Never in
+    /// the file itself: only a reader on the worker can tell, never one on a laptop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_running: Option<bool>,
 }
 
 impl Status {
@@ -103,29 +108,34 @@ impl Status {
         &a == other
     }
 
-    /// True when the recorded supervisor pid is alive on this machine.
-    pub fn supervisor_alive(&self) -> bool {
-        pid_alive(self.pid)
+    /// The supervisor was seen running (see [`Status::supervisor_running`]).
+    pub fn live(&self) -> bool {
+        self.supervisor_running == Some(true)
+    }
+
+    /// A live supervisor reports its agent process running.
+    pub fn agent_up(&self) -> bool {
+        self.live() && self.state == AgentState::Running && self.agent_pid.is_some()
     }
 
     /// A short human view; `stale` when the supervisor is gone.
     pub fn render(&self) -> String {
-        let alive = self.supervisor_alive();
         let now = crate::unix_now();
         let mut out = String::new();
+        let liveness = match self.supervisor_running {
+            Some(true) => String::new(),
+            Some(false) if self.state == AgentState::Stopped => String::new(),
+            Some(false) => format!(
+                " (stale: node-runtime pid {} is not running; record from {} s ago)",
+                self.pid,
+                now.saturating_sub(self.updated_at)
+            ),
+            None => " (not checked whether node-runtime still runs)".to_owned(),
+        };
         out.push_str(&format!(
-            "node {}: agent {}{}\n",
+            "node {}: agent {}{liveness}\n",
             self.node_name,
             state_word(self.state),
-            if alive {
-                String::new()
-            } else {
-                format!(
-                    " (stale: node-runtime pid {} is not running; record from {} s ago)",
-                    self.pid,
-                    now.saturating_sub(self.updated_at)
-                )
-            }
         ));
         if let Some(pid) = self.agent_pid {
             out.push_str(&format!("  agent pid {pid}\n"));

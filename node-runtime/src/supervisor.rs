@@ -11,6 +11,7 @@ use crate::agent::{self, AgentError};
 use crate::chroot::{self, ChrootError};
 use crate::k3sbin::{self, K3sBinError};
 use crate::logs::RotatingLog;
+use crate::pidfile::{ClaimError, PidLock};
 use crate::power::{self, ChargeSwitch, PowerAction, PowerPolicy, Wakelock};
 use crate::status::{self, AgentState, LastExit, Status};
 use crate::token::{self, TokenError};
@@ -125,45 +126,6 @@ fn wait_signal(timeout: Duration) -> Option<Signal> {
     }
 }
 
-/// The pidfile, removed when dropped; its path follows the process into the chroot.
-struct PidFile {
-    path: PathBuf,
-}
-
-impl PidFile {
-    fn claim(path: &Path) -> Result<PidFile, RunError> {
-        if let Ok(text) = std::fs::read_to_string(path)
-            && let Ok(pid) = text.trim().parse::<u32>()
-            && pid != std::process::id()
-            && status::pid_alive(pid)
-            && is_node_runtime(pid)
-        {
-            return Err(RunError::AlreadyRunning {
-                pid,
-                pidfile: path.to_owned(),
-            });
-        }
-        status::write_file_atomic(path, format!("{}\n", std::process::id()).as_bytes(), 0o644)
-            .map_err(io_err(path))?;
-        Ok(PidFile {
-            path: path.to_owned(),
-        })
-    }
-}
-
-impl Drop for PidFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// A pid from an old pidfile may have been reused by an unrelated process after a reboot.
-fn is_node_runtime(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("node-runtime"))
-        .unwrap_or(true)
-}
-
 /// Options of one `run`.
 #[derive(Debug, Default)]
 pub struct RunOptions {
@@ -199,8 +161,25 @@ pub fn run(opts: RunOptions) -> Result<(), RunError> {
 
 fn prepare_and_run(config_path: &Path, ready: &mut Option<OwnedFd>) -> Result<(), RunError> {
     let config = NodeConfig::load(config_path)?;
-    let pidfile_host = config.host_path(&crate::pidfile(&config));
-    let mut pidfile = PidFile::claim(&pidfile_host)?;
+    let pidfile_host = config.host_path(&crate::pidfile_path(&config));
+    let pidfile = PidLock::claim(&pidfile_host).map_err(|e| match e {
+        ClaimError::Held { pid } => RunError::AlreadyRunning {
+            pid: pid.unwrap_or(0),
+            pidfile: pidfile_host.clone(),
+        },
+        ClaimError::Io(source) => RunError::Io {
+            path: pidfile_host.clone(),
+            source,
+        },
+    })?;
+    // An agent left by a supervisor that died (SIGKILL, a crash) still runs with its containers:
+    // stop it before starting another one beside it.
+    let status_host = config.host_path(&config.status_file);
+    if let Ok(old) = status::read(&status_host)
+        && let Some(agent) = old.agent_pid
+    {
+        stop_orphan_agent(agent, &config);
+    }
     let started_at = unix_now();
     let mut status = Status {
         schema: 1,
@@ -218,10 +197,14 @@ fn prepare_and_run(config_path: &Path, ready: &mut Option<OwnedFd>) -> Result<()
         node_ip: None,
         battery: None,
         message: None,
+        supervisor_running: None,
     };
-    let status_host = config.host_path(&config.status_file);
     let prepared = prepare(&config, config_path);
-    let (wakelock, config_dir) = match prepared {
+    let Prepared {
+        wakelock,
+        config_dir,
+        power_dir,
+    } = match prepared {
         Ok(v) => v,
         Err(e) => {
             // Leave a record saying why, where `phonectl status` looks (before the chroot).
@@ -231,11 +214,8 @@ fn prepare_and_run(config_path: &Path, ready: &mut Option<OwnedFd>) -> Result<()
             return Err(e);
         }
     };
-    if config.chroot.is_some() {
-        // We are inside the chroot now: the same files, seen from here.
-        pidfile.path = crate::pidfile(&config);
-    }
     let mut sup = Supervisor::new(config, config_dir, status)?;
+    sup.power_dir = power_dir;
     sup.config_name = config_path.file_name().unwrap_or_default().to_owned();
     let prep = sup.prepare_inside();
     if let Err(e) = prep {
@@ -259,15 +239,68 @@ fn prepare_and_run(config_path: &Path, ready: &mut Option<OwnedFd>) -> Result<()
             .unwrap_or_else(|| "chosen by k3s".into())
     ));
     sup.run_loop();
+    sup.release_charging();
     drop(wakelock);
+    drop(pidfile);
     Ok(())
 }
 
+/// Stops the process group of an agent a dead supervisor left behind: only when that pid still
+/// leads its own group (as the agents node-runtime starts do) and runs the configured k3s
+/// binary, so a reused pid of an unrelated program is never signalled.
+fn stop_orphan_agent(pid: u32, config: &NodeConfig) {
+    let Some(bin_name) = config.k3s.bin.file_name() else {
+        return;
+    };
+    let leads_group = nix::unistd::getpgid(Some(Pid::from_raw(pid as i32)))
+        .is_ok_and(|g| g.as_raw() == pid as i32);
+    let runs_k3s = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        c.split(|b| *b == 0)
+            .take(3)
+            .any(|a| Path::new(&*String::from_utf8_lossy(a)).file_name() == Some(bin_name))
+    });
+    if !(status::pid_alive(pid) && leads_group && runs_k3s) {
+        return;
+    }
+    say(format!(
+        "the agent of a previous node-runtime (pid {pid}) still runs: stopping its process group"
+    ));
+    let group = Pid::from_raw(-(pid as i32));
+    let _ = kill(group, Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(config.supervise.stop_grace_secs);
+    while group_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if group_alive(pid) {
+        say(format!(
+            "process group {pid} ignored SIGTERM for {} s: SIGKILL",
+            config.supervise.stop_grace_secs
+        ));
+        let _ = kill(group, Signal::SIGKILL);
+        while group_alive(pid) && Instant::now() < deadline + Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Whether any process of the group led by `pgid` is alive (zombies of our own aside).
+fn group_alive(pgid: u32) -> bool {
+    kill(Pid::from_raw(-(pgid as i32)), None).is_ok()
+}
+
 /// Everything done with host paths: token, cgroups check, wakelock, chroot.
-fn prepare(
-    config: &NodeConfig,
-    config_path: &Path,
-) -> Result<(Option<Wakelock>, Option<std::fs::File>), RunError> {
+/// What preparing outside the chroot leaves the supervisor: held resources, and directories
+/// opened before entering it that must stay reachable from inside.
+struct Prepared {
+    wakelock: Option<Wakelock>,
+    /// node.toml's directory, for SIGHUP re-reads.
+    config_dir: Option<std::fs::File>,
+    /// The power_supply directory as Android's side shows it: a phone's chroot binds `/sys`
+    /// alone, and what is mounted below it there (a vendor's power_supply) stays outside.
+    power_dir: Option<std::fs::File>,
+}
+
+fn prepare(config: &NodeConfig, config_path: &Path) -> Result<Prepared, RunError> {
     let token_host = config.host_path(&config.server.token_file);
     if let Some(drop) = &config.server.token_drop {
         let drop_host = config.host_path(drop);
@@ -292,14 +325,21 @@ fn prepare(
         .as_ref()
         .filter(|p| p.wakelock)
         .map(|_| Wakelock::acquire(&power::wakelock_dir()));
+    let power_dir = config
+        .power
+        .as_ref()
+        .and_then(|p| std::fs::File::open(&p.power_supply_dir).ok());
     chroot::enter(config, &plan)?;
-    Ok((wakelock, config_dir))
+    Ok(Prepared {
+        wakelock,
+        config_dir,
+        power_dir,
+    })
 }
 
 struct Run {
     child: Child,
     started: Instant,
-    logger: Option<std::thread::JoinHandle<()>>,
 }
 
 struct PowerCtx {
@@ -313,6 +353,8 @@ struct Supervisor {
     config: NodeConfig,
     config_dir: Option<std::fs::File>,
     config_name: std::ffi::OsString,
+    /// See [`Prepared::power_dir`]; read through `/proc/self/fd`.
+    power_dir: Option<std::fs::File>,
     args: Vec<String>,
     node_ip: Option<IpAddr>,
     run: Option<Run>,
@@ -346,6 +388,7 @@ impl Supervisor {
             config_name: "node.toml".into(),
             config,
             config_dir,
+            power_dir: None,
             args: Vec::new(),
             node_ip: None,
             run: None,
@@ -384,11 +427,25 @@ impl Supervisor {
         self.status.node_ip = self.node_ip.map(|i| i.to_string());
         self.args = agent::agent_args(&self.config, self.node_ip);
         if let Some(p) = &self.config.power {
-            let switch = power::find_charge_switch(&p.power_supply_dir);
+            let dir = match &self.power_dir {
+                Some(d) => PathBuf::from(format!("/proc/self/fd/{}", d.as_raw_fd())),
+                None => p.power_supply_dir.clone(),
+            };
+            let switch = power::find_charge_switch(&dir);
+            // What the switch says now, not what a fresh policy would assume: a supervisor that
+            // was killed may have left charging off.
+            let charging = switch
+                .as_ref()
+                .map(|s| power::read_charging(&dir, s).unwrap_or(true));
+            if charging == Some(false) {
+                say(
+                    "charging is off at start (left so by an earlier run): the policy takes it from there",
+                );
+            }
             self.power = Some(PowerCtx {
-                policy: PowerPolicy::new(p.clone(), switch.is_some()),
+                policy: PowerPolicy::new(p.clone(), charging),
                 switch,
-                dir: p.power_supply_dir.clone(),
+                dir,
                 next_poll: Instant::now(),
             });
         }
@@ -416,7 +473,7 @@ impl Supervisor {
                     r.child.id(),
                     self.config.supervise.stop_grace_secs
                 ));
-                let _ = kill(Pid::from_raw(r.child.id() as i32), Signal::SIGKILL);
+                let _ = kill(Pid::from_raw(-(r.child.id() as i32)), Signal::SIGKILL);
                 self.kill_at = None;
             }
             if self.stopping && self.run.is_none() {
@@ -479,12 +536,36 @@ impl Supervisor {
         self.terminate_agent();
     }
 
+    /// SIGTERM to the agent's whole process group (what it started goes with it), SIGKILL to the
+    /// group after the grace period.
     fn terminate_agent(&mut self) {
         if let Some(r) = &self.run {
-            let _ = kill(Pid::from_raw(r.child.id() as i32), Signal::SIGTERM);
-            self.kill_at =
-                Some(Instant::now() + Duration::from_secs(self.config.supervise.stop_grace_secs));
+            let _ = kill(Pid::from_raw(-(r.child.id() as i32)), Signal::SIGTERM);
+            self.kill_at = Instant::now()
+                .checked_add(Duration::from_secs(self.config.supervise.stop_grace_secs));
             self.status.state = AgentState::Stopping;
+        }
+    }
+
+    /// Gives charging back when the policy holds it off: a supervisor that goes away must not
+    /// leave a phone on its charger draining its battery.
+    fn release_charging(&mut self) {
+        let Some(ctx) = &mut self.power else { return };
+        let Some(switch) = ctx.switch else { return };
+        if ctx.policy.charging_allowed == Some(false) {
+            match power::set_charging(&ctx.dir, &switch, true) {
+                Ok(()) => {
+                    ctx.policy.charging_allowed = Some(true);
+                    say(format!(
+                        "charging allowed again ({}) as node-runtime exits",
+                        switch.file
+                    ));
+                }
+                Err(e) => say(format!(
+                    "cannot allow charging again through {}: {e}",
+                    switch.file
+                )),
+            }
         }
     }
 
@@ -532,7 +613,7 @@ impl Supervisor {
         {
             let paused = ctx.policy.agent_paused;
             let allowed = ctx.policy.charging_allowed;
-            ctx.policy = PowerPolicy::new(p.clone(), ctx.switch.is_some());
+            ctx.policy = PowerPolicy::new(p.clone(), allowed);
             ctx.policy.agent_paused = paused;
             ctx.policy.charging_allowed = allowed;
         }
@@ -613,10 +694,13 @@ impl Supervisor {
         match spawned {
             Ok(child) => {
                 let log = Arc::clone(&self.log);
-                let logger = std::thread::Builder::new()
+                // Detached: it ends when the last holder of the pipe's write end closes it.
+                if let Err(e) = std::thread::Builder::new()
                     .name("agent-log".into())
                     .spawn(move || copy_to_log(rd, log))
-                    .ok();
+                {
+                    self.say(format!("cannot start the agent's log thread: {e}"));
+                }
                 self.say(format!("started k3s agent, pid {}", child.id()));
                 self.status.state = AgentState::Running;
                 self.status.agent_pid = Some(child.id());
@@ -627,7 +711,6 @@ impl Supervisor {
                 self.run = Some(Run {
                     child,
                     started: Instant::now(),
-                    logger,
                 });
             }
             Err(e) => self.failed_to_start(format!("cannot start {}: {e}", bin.display())),
@@ -663,10 +746,13 @@ impl Supervisor {
             _ => return,
         };
         let ran = r.started.elapsed();
-        let mut r = self.run.take().expect("checked above");
-        if let Some(h) = r.logger.take() {
-            // The pipe closes when the agent (and any child holding it) is gone.
-            let _ = h.join();
+        let r = self.run.take().expect("checked above");
+        // The log thread is not joined: a descendant of the agent may hold the pipe open for
+        // long after the agent exited, and the supervisor must not wait for it. The thread ends
+        // when the last writer closes the pipe.
+        if self.stopping {
+            // Stragglers of the group (the agent's own children) do not outlive a stop.
+            let _ = kill(Pid::from_raw(-(r.child.id() as i32)), Signal::SIGKILL);
         }
         use std::os::unix::process::ExitStatusExt;
         let last = LastExit {

@@ -1,12 +1,17 @@
 //! `node-runtime unpack`: a rootfs `.tar.gz` on stdin becomes `DEST`, atomically.
 //!
 //! Extraction goes into a temporary sibling of `DEST` (same filesystem, so the swap is a rename)
-//! keeping owners, modes, symlinks, hard links, device nodes and xattrs. The sha256 of the whole
-//! compressed stream is checked before the swap. Any failure — a cut stream, a corrupted one, a
-//! wrong hash — removes the temporary tree and leaves `DEST` as it was.
+//! keeping owners, modes, symlinks, hard links, device nodes and xattrs. Entries are written
+//! beneath that directory only ([`crate::beneath`]): an archive whose entries would reach outside
+//! it (a `..`, a path through a symlink an earlier entry made, a hard link out of the tree) is
+//! refused whole. The sha256 of the whole compressed stream is checked before the swap. Any
+//! failure — a cut stream, a corrupted one, a wrong hash, an unsafe entry — removes the temporary
+//! tree and leaves `DEST` as it was; the one error after which it is not says so and where the old
+//! tree is.
 
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
 
@@ -47,8 +52,33 @@ pub enum UnpackError {
         /// The error.
         source: io::Error,
     },
-    /// Setting up or swapping failed.
-    #[error("{path}: {source}")]
+    /// An entry would write outside the destination (through a symlink the archive made, a
+    /// `..`, a hard link out of the tree): the whole archive is refused.
+    #[error(
+        "the rootfs archive is unsafe: its entry {entry} {reason}; nothing was written outside the temporary tree and {dest} was left as it was: rebuild the archive (armfleet's own are never like this)"
+    )]
+    Unsafe {
+        /// The entry's path in the archive.
+        entry: String,
+        /// Why it was refused.
+        reason: String,
+        /// The destination.
+        dest: PathBuf,
+    },
+    /// The old tree was moved aside for the swap and could not be moved back.
+    #[error(
+        "{dest} could not be replaced ({source}) and the previous tree could not be put back: it is at {aside}; move it back with `mv {aside} {dest}` before anything else"
+    )]
+    SwapLost {
+        /// The destination, now missing.
+        dest: PathBuf,
+        /// Where the old tree is.
+        aside: PathBuf,
+        /// Why the new tree could not go in.
+        source: io::Error,
+    },
+    /// Setting up (before anything was replaced) failed.
+    #[error("{path}: {source}; nothing was replaced")]
     Io {
         /// The path involved.
         path: PathBuf,
@@ -66,6 +96,9 @@ pub enum UnpackError {
 /// What [`unpack`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unpacked {
+    /// The previous tree, swapped out but not removed (removal failed: the next unpack removes
+    /// it). The new tree is in place either way.
+    pub leftover: Option<PathBuf>,
     /// sha256 of the compressed stream.
     pub sha256: String,
     /// Compressed bytes read.
@@ -156,10 +189,14 @@ pub fn unpack(
     let tmp = parent.join(format!(".{name}.unpack-{}", std::process::id()));
     // Left-overs of an earlier killed unpack (a different pid) are garbage: remove them.
     clean_leftovers(parent, &name);
-    std::fs::create_dir(&tmp).map_err(|source| UnpackError::Io {
-        path: tmp.clone(),
-        source,
-    })?;
+    // 0700 while it is filled: nobody else can add to it or swap names in it meanwhile.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&tmp)
+        .map_err(|source| UnpackError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
     let result = extract_verify(reader, &tmp, dest, expected.as_deref(), expected_len);
     let (sha256, bytes, entries) = match result {
         Ok(v) => v,
@@ -175,14 +212,13 @@ pub fn unpack(
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    let replaced = swap_into_place(&tmp, dest).inspect_err(|_| {
-        let _ = std::fs::remove_dir_all(&tmp);
-    })?;
+    let swapped = swap_into_place(&tmp, dest)?;
     Ok(Unpacked {
         sha256,
         bytes,
         entries,
-        replaced,
+        replaced: swapped.replaced,
+        leftover: swapped.leftover,
     })
 }
 
@@ -311,106 +347,142 @@ fn extract_verify(
 /// How often the tree being extracted is written back to disk (see extract_verify).
 const FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Writes the tar entries read from `tar` into `tmp`; the entry count.
+/// Writes the tar entries read from `tar` into `tmp`; the entry count. Every entry goes through
+/// [`crate::beneath::Tree`], which creates it relative to the directory holding it and walks no
+/// symlink: whatever the archive contains, nothing outside `tmp` is touched.
 fn extract_entries(tar: impl Read, tmp: &Path, dest: &Path) -> Result<u64, UnpackError> {
+    use crate::beneath::{Kind, PlaceError, Tree};
+    use std::os::unix::ffi::OsStrExt;
     let mut archive = tar::Archive::new(tar);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(true);
-    archive.set_unpack_xattrs(true);
-    archive.set_preserve_mtime(true);
-    archive.set_overwrite(true);
     let broken = |e: io::Error| UnpackError::Broken {
         bytes: 0,
         reason: e.to_string(),
         dest: dest.to_owned(),
     };
+    let mut tree = Tree::open(tmp).map_err(|source| UnpackError::Io {
+        path: tmp.to_owned(),
+        source,
+    })?;
     let mut count = 0u64;
+    let mut saw_root = false;
     let iter = archive.entries().map_err(broken)?;
     for entry in iter {
         let mut entry = entry.map_err(broken)?;
         let kind = entry.header().entry_type();
-        let path_text = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        if kind.is_pax_global_extensions() {
+            continue;
+        }
+        let path_bytes = entry.path_bytes().into_owned();
+        let path_text = String::from_utf8_lossy(&path_bytes).into_owned();
         let entry_err = |source: io::Error| UnpackError::Entry {
             entry: path_text.clone(),
             dest: dest.to_owned(),
-            source: with_causes(source),
+            source,
         };
-        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
-            make_node(&mut entry, tmp, kind).map_err(entry_err)?;
+        let path = PathBuf::from(std::ffi::OsStr::from_bytes(&path_bytes));
+        let link = entry
+            .link_name_bytes()
+            .map(|b| PathBuf::from(std::ffi::OsStr::from_bytes(&b)));
+        let meta = entry_meta(&mut entry).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                broken(e)
+            } else {
+                entry_err(e)
+            }
+        })?;
+        let no_link = || entry_err(io::Error::other("a link entry without a target"));
+        let place_kind = if kind.is_file() || kind.is_contiguous() || kind.is_gnu_sparse() {
+            Kind::File
+        } else if kind.is_dir() {
+            Kind::Dir
+        } else if kind.is_symlink() {
+            Kind::Symlink(link.as_deref().ok_or_else(no_link)?)
+        } else if kind.is_hard_link() {
+            Kind::HardLink(link.as_deref().ok_or_else(no_link)?)
+        } else if kind.is_character_special() || kind.is_block_special() {
+            let h = entry.header();
+            let major = h.device_major().map_err(entry_err)?.unwrap_or(0);
+            let minor = h.device_minor().map_err(entry_err)?.unwrap_or(0);
+            if kind.is_character_special() {
+                Kind::CharDevice { major, minor }
+            } else {
+                Kind::BlockDevice { major, minor }
+            }
+        } else if kind.is_fifo() {
+            // A FIFO has no device numbers: never read them (Python's tarfile leaves them empty).
+            Kind::Fifo
         } else {
-            // unpack_in refuses paths escaping `tmp` (.., absolute) and follows none of the
-            // archive's own symlinks out of it.
-            entry.unpack_in(tmp).map_err(|e| {
-                // A stream cut inside a file body shows up here as an I/O error.
+            return Err(entry_err(io::Error::other(format!(
+                "unsupported tar entry type {:?}",
+                kind.as_byte() as char
+            ))));
+        };
+        if kind.is_dir() && crate::beneath::components(&path).is_ok_and(|c| c.is_empty()) {
+            saw_root = true;
+        }
+        match tree.place(&path, place_kind, &meta, &mut entry) {
+            Ok(()) => {}
+            Err(PlaceError::Refused(why)) => {
+                return Err(UnpackError::Unsafe {
+                    entry: path_text,
+                    reason: why.to_string(),
+                    dest: dest.to_owned(),
+                });
+            }
+            // A stream cut inside a file body shows up here as an I/O error.
+            Err(PlaceError::Io(e))
                 if e.kind() == io::ErrorKind::UnexpectedEof
-                    || e.kind() == io::ErrorKind::InvalidData
-                    || e.kind() == io::ErrorKind::InvalidInput
-                {
-                    broken(e)
-                } else {
-                    entry_err(e)
-                }
-            })?;
+                    || e.kind() == io::ErrorKind::InvalidData =>
+            {
+                return Err(broken(e));
+            }
+            Err(PlaceError::Io(e)) => return Err(entry_err(e)),
         }
         count += 1;
     }
     // Drain the rest (tar padding, then whatever the inflater still sends) so the inflater reaches
     // the gzip trailer, checks its CRC, and the reader hashes the whole stream.
     io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(broken)?;
+    let tmp_io = |source| UnpackError::Io {
+        path: tmp.to_owned(),
+        source,
+    };
+    tree.finish().map_err(|e| match e {
+        PlaceError::Io(source) => tmp_io(source),
+        PlaceError::Refused(why) => tmp_io(io::Error::other(why.to_string())),
+    })?;
+    if !saw_root {
+        // The temporary root was made 0700; an archive without `./` gets the usual 0755.
+        std::fs::set_permissions(tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(tmp_io)?;
+    }
     Ok(count)
 }
 
-/// tar-rs hides the OS error behind "failed to unpack X": keep the whole chain in one message.
-fn with_causes(e: io::Error) -> io::Error {
-    let mut msg = e.to_string();
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
-    while let Some(c) = cur {
-        msg.push_str(&format!(": {c}"));
-        cur = c.source();
+/// Owner, mode, mtime and `SCHILY.xattr.*` attributes of an entry, as numbers (user and group
+/// names are not looked up: the rootfs has its own passwd).
+fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<crate::beneath::Meta> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut xattrs = Vec::new();
+    if let Some(exts) = entry.pax_extensions()? {
+        for ext in exts {
+            let ext = ext?;
+            if let Some(name) = ext.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                xattrs.push((
+                    std::ffi::OsStr::from_bytes(name).to_owned(),
+                    ext.value_bytes().to_vec(),
+                ));
+            }
+        }
     }
-    io::Error::new(e.kind(), msg)
-}
-
-/// Character/block devices and FIFOs: tar-rs writes them as empty files, so mknod here.
-fn make_node<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-    tmp: &Path,
-    kind: tar::EntryType,
-) -> io::Result<()> {
-    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
-    let rel = entry.path()?.into_owned();
-    let rel = safe_relative(&rel)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "path escapes the rootfs"))?;
-    let target = tmp.join(&rel);
-    if let Some(p) = target.parent() {
-        std::fs::create_dir_all(p)?;
-    }
-    let _ = std::fs::remove_file(&target);
     let h = entry.header();
-    let mode = h.mode()? & 0o7777;
-    let sflag = if kind.is_character_special() {
-        SFlag::S_IFCHR
-    } else if kind.is_block_special() {
-        SFlag::S_IFBLK
-    } else {
-        SFlag::S_IFIFO
-    };
-    let dev = makedev(
-        u64::from(h.device_major()?.unwrap_or(0)),
-        u64::from(h.device_minor()?.unwrap_or(0)),
-    );
-    mknod(&target, sflag, Mode::from_bits_truncate(mode), dev).map_err(io::Error::from)?;
-    let uid = h.uid()? as u32;
-    let gid = h.gid()? as u32;
-    nix::unistd::chown(
-        &target,
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(gid)),
-    )
-    .map_err(io::Error::from)?;
-    // mknod applies the umask; set the archive's mode exactly.
-    std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-    Ok(())
+    Ok(crate::beneath::Meta {
+        mode: h.mode()?,
+        uid: u32::try_from(h.uid()?).map_err(|_| io::Error::other("uid out of range"))?,
+        gid: u32::try_from(h.gid()?).map_err(|_| io::Error::other("gid out of range"))?,
+        mtime: i64::try_from(h.mtime()?).unwrap_or(0),
+        xattrs,
+    })
 }
 
 /// syncfs(2) on the filesystem holding `dir`.
@@ -452,44 +524,55 @@ fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
     }
 }
 
-fn safe_relative(p: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            std::path::Component::Normal(n) => out.push(n),
-            std::path::Component::CurDir | std::path::Component::RootDir => {}
-            _ => return None,
-        }
-    }
-    (!out.as_os_str().is_empty()).then_some(out)
+/// What the swap did.
+struct Swapped {
+    replaced: bool,
+    leftover: Option<PathBuf>,
 }
 
 /// Puts `tmp` at `dest`: an atomic exchange where the filesystem supports it, else rename the
-/// old tree aside, the new one in, and remove the old.
-fn swap_into_place(tmp: &Path, dest: &Path) -> Result<bool, UnpackError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| UnpackError::Io { path, source }
+/// old tree aside, the new one in, and remove the old. Each error says what state it left.
+fn swap_into_place(tmp: &Path, dest: &Path) -> Result<Swapped, UnpackError> {
+    let untouched = |source| {
+        let _ = std::fs::remove_dir_all(tmp);
+        UnpackError::Io {
+            path: dest.to_owned(),
+            source,
+        }
     };
     if std::fs::symlink_metadata(dest).is_err() {
-        std::fs::rename(tmp, dest).map_err(io(dest))?;
-        return Ok(false);
+        std::fs::rename(tmp, dest).map_err(untouched)?;
+        return Ok(Swapped {
+            replaced: false,
+            leftover: None,
+        });
     }
-    match rename_exchange(tmp, dest) {
-        Ok(()) => {
-            // `tmp` now holds the old tree.
-            std::fs::remove_dir_all(tmp).map_err(io(tmp))?;
-        }
+    let old = match rename_exchange(tmp, dest) {
+        // `tmp` now holds the old tree.
+        Ok(()) => tmp.to_owned(),
         Err(_) => {
             let name = dest.file_name().unwrap_or_default().to_string_lossy();
-            let old = dest.with_file_name(format!(".{name}.old-{}", std::process::id()));
-            std::fs::rename(dest, &old).map_err(io(dest))?;
-            if let Err(e) = std::fs::rename(tmp, dest) {
-                let _ = std::fs::rename(&old, dest);
-                return Err(io(dest)(e));
+            let aside = dest.with_file_name(format!(".{name}.old-{}", std::process::id()));
+            std::fs::rename(dest, &aside).map_err(untouched)?;
+            if let Err(source) = std::fs::rename(tmp, dest) {
+                if std::fs::rename(&aside, dest).is_err() {
+                    let _ = std::fs::remove_dir_all(tmp);
+                    return Err(UnpackError::SwapLost {
+                        dest: dest.to_owned(),
+                        aside,
+                        source,
+                    });
+                }
+                return Err(untouched(source));
             }
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+            aside
         }
-    }
-    Ok(true)
+    };
+    // The new tree is live: failing to remove the old one is no failure of the install (the next
+    // unpack removes leftovers of dead runs).
+    let leftover = std::fs::remove_dir_all(&old).err().map(|_| old);
+    Ok(Swapped {
+        replaced: true,
+        leftover,
+    })
 }

@@ -92,3 +92,18 @@ pub fn host_bin(package: &str, bin: &str) -> PathBuf {
     }
     target_dir().join("debug").join(bin)
 }
+
+/// Called by a test that cannot run on this machine because it lacks `what` (root, a loop device,
+/// a block-device root filesystem). It fails the test — a missing capability in CI must fail the
+/// run, not pass silently — unless the developer asked to skip with `ARMFLEET_ALLOW_SKIP=1`;
+/// then it says so and the test returns early. Returns whether to skip.
+#[must_use = "return from the test when it says to skip"]
+pub fn skip_for_missing(what: &str) -> bool {
+    if std::env::var_os("ARMFLEET_ALLOW_SKIP").is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED (ARMFLEET_ALLOW_SKIP=1): this test needs {what}");
+        return true;
+    }
+    panic!(
+        "this test needs {what}, which this machine lacks: run the tests as root on a machine that has it (scripts/test.sh sets it up), or set ARMFLEET_ALLOW_SKIP=1 to skip such tests deliberately"
+    );
+}

@@ -4,7 +4,7 @@
 
 use armfleet_tests::debian::FileLock;
 use armfleet_tests::fixtures::mini_node_rootfs;
-use armfleet_tests::util::cache_dir;
+use armfleet_tests::util::{cache_dir, skip_for_missing};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -79,6 +79,15 @@ fn build(board: &str, dir: &Path, extra: &[&str]) -> PathBuf {
     args.extend_from_slice(extra);
     let o = imagegen(&args);
     assert!(o.status.success(), "imagegen {args:?}: {}", text(&o));
+    // The image holds the token, node.toml and the Wi-Fi key: owner-only, whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out), 0o600, "image mode");
+    assert_eq!(
+        mode(Path::new(&format!("{}.bmap", out.display()))),
+        0o644,
+        "bmap mode"
+    );
     let stdout = String::from_utf8_lossy(&o.stdout);
     let last = stdout.lines().last().unwrap();
     assert!(
@@ -798,14 +807,15 @@ impl Loop {
                 mounts: Vec::new(),
             }),
             Ok(o) => {
-                println!(
-                    "SKIPPED: cannot create a loop device here: {}",
+                let why = format!(
+                    "a loop device (losetup: {})",
                     String::from_utf8_lossy(&o.stderr).trim()
                 );
+                assert!(skip_for_missing(&why));
                 None
             }
             Err(e) => {
-                println!("SKIPPED: losetup not available: {e}");
+                assert!(skip_for_missing(&format!("losetup ({e})")));
                 None
             }
         }
@@ -861,7 +871,13 @@ fn flash_real_image_to_a_file_and_a_loop_device() {
     .unwrap();
 
     let copy = dir.path().join("card.img");
-    let o = flash(&image, copy.to_str().unwrap(), true);
+    let o = imagegen(&[
+        "flash",
+        image.to_str().unwrap(),
+        copy.to_str().unwrap(),
+        "--to-file",
+        "--yes",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -892,7 +908,12 @@ fn flash_asks_before_writing_and_no_means_nothing_written() {
     let target = dir.path().join("card.img");
     std::fs::write(&target, b"precious").unwrap();
     let o = Command::new(imagegen_bin())
-        .args(["flash", image.to_str().unwrap(), target.to_str().unwrap()])
+        .args([
+            "flash",
+            image.to_str().unwrap(),
+            target.to_str().unwrap(),
+            "--to-file",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -907,6 +928,58 @@ fn flash_asks_before_writing_and_no_means_nothing_written() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("[y/N]") && err.contains("cancelled"), "{err}");
     assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+}
+
+/// Targets that are not what they seem: a /dev path with no card behind it (once written as a
+/// file into /dev's RAM and reported "verified"), the image itself (once truncated), a file
+/// named without --to-file, a card named with it.
+#[test]
+fn flash_refuses_a_missing_card_the_image_itself_and_an_unasked_file() {
+    // The image in src/, targets (and what must not appear) in out/.
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, out) = (tmp.path().join("src"), tmp.path().join("out"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    let dir = out.as_path();
+    let image = synthetic_image(&src, 32 << 20);
+    let img = image.to_str().unwrap();
+    let bmap = format!("{img}.bmap");
+    let want = sha256(&image);
+
+    let missing = "/dev/armfleet-test-no-such-card";
+    let o = imagegen(&["flash", img, missing, "--yes"]);
+    assert_fails_cleanly(&o, 2, "is not a block device (no card is there)", dir);
+    assert!(!Path::new(missing).exists(), "a file was made in /dev");
+    let o = imagegen(&["flash", img, missing, "--yes", "--to-file"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!Path::new(missing).exists(), "a file was made in /dev");
+
+    for (target, what) in [
+        (img, "the image itself"),
+        (bmap.as_str(), "the bmap itself"),
+    ] {
+        let o = imagegen(&["flash", img, target, "--yes", "--to-file"]);
+        assert_fails_cleanly(&o, 2, what, dir);
+    }
+    // A hard link to the image is the image too.
+    let link = src.join("alias.img");
+    std::fs::hard_link(&image, &link).unwrap();
+    let o = imagegen(&["flash", img, link.to_str().unwrap(), "--yes", "--to-file"]);
+    assert_fails_cleanly(&o, 2, "the image itself", dir);
+    assert_eq!(sha256(&image), want, "the image was changed");
+
+    let new = dir.join("new.img");
+    let o = imagegen(&["flash", img, new.to_str().unwrap(), "--yes"]);
+    assert_fails_cleanly(&o, 2, "add --to-file", dir);
+    assert!(!new.exists());
+
+    let Some(lp) = Loop::new(64 << 20, false) else {
+        return;
+    };
+    let before = dev_sha(&lp.dev, 64 << 20);
+    let o = imagegen(&["flash", img, &lp.dev, "--yes", "--to-file"]);
+    assert_fails_cleanly(&o, 2, "drop --to-file", dir);
+    assert_eq!(dev_sha(&lp.dev, 64 << 20), before);
 }
 
 #[test]
@@ -943,8 +1016,11 @@ fn flash_refuses_a_disk_holding_a_mounted_partition() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    if !Path::new(&part).exists() {
-        println!("SKIPPED: the kernel made no partition device {part} for the loop device");
+    if !Path::new(&part).exists()
+        && skip_for_missing(&format!(
+            "partition devices for loop devices (no {part} appeared)"
+        ))
+    {
         return;
     }
     lp.mount(&part);
@@ -982,8 +1058,9 @@ fn flash_refuses_a_device_smaller_than_the_image() {
 #[test]
 fn flash_refuses_the_disk_the_system_runs_from() {
     let disks = imagegen::flash::system_disks();
-    if disks.is_empty() {
-        println!("SKIPPED: the root filesystem is not on a block device here (container overlay)");
+    if disks.is_empty()
+        && skip_for_missing("a root filesystem on a block device (not a container overlay)")
+    {
         return;
     }
     for d in disks {
@@ -993,7 +1070,13 @@ fn flash_refuses_the_disk_the_system_runs_from() {
             continue;
         }
         // The check only: nothing is opened for writing.
-        let e = imagegen::flash::preflight(&dev, 1 << 20).unwrap_err();
+        let sources = imagegen::flash::Sources {
+            image: Path::new("/nonexistent.img"),
+            bmap: Path::new("/nonexistent.img.bmap"),
+        };
+        let e =
+            imagegen::flash::preflight(&dev, imagegen::flash::TargetKind::Device, sources, 1 << 20)
+                .unwrap_err();
         assert!(
             matches!(e, imagegen::flash::FlashError::SystemDisk { .. }),
             "{dev:?}: {e}"
@@ -1014,7 +1097,14 @@ fn flash_detects_a_damaged_image() {
     f.seek(SeekFrom::Start((3 << 20) + 10)).unwrap();
     f.write_all(b"X").unwrap();
     drop(f);
-    let o = flash(&image, dir.path().join("out.img").to_str().unwrap(), true);
+    let out = dir.path().join("out.img");
+    let o = imagegen(&[
+        "flash",
+        image.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--yes",
+        "--to-file",
+    ]);
     assert!(!o.status.success());
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("do not match the checksum in the bmap"),
@@ -1263,11 +1353,12 @@ fn error_no_space_for_the_output() {
         .arg(&small)
         .output()
         .unwrap();
-    if !m.status.success() {
-        println!(
-            "SKIPPED: cannot mount a small tmpfs: {}",
+    if !m.status.success()
+        && skip_for_missing(&format!(
+            "mounting a tmpfs ({})",
             String::from_utf8_lossy(&m.stderr).trim()
-        );
+        ))
+    {
         return;
     }
     struct Umount(PathBuf);

@@ -60,7 +60,13 @@ fn agent_gets_config_args_token_only_as_file_and_stops_on_sigterm() {
     assert_eq!(st.node_name, "pi-test");
     assert_eq!(st.node_ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(st.pid, rt.0.id());
-    assert!(node.path("var-lib-pidfile-unused").to_str().is_some());
+    // The pidfile (next to the status file) names this supervisor while it runs.
+    assert_eq!(
+        std::fs::read_to_string(node.path("node-runtime.pid"))
+            .unwrap()
+            .trim(),
+        rt.0.id().to_string()
+    );
 
     signal(rt.0.id(), Signal::SIGTERM);
     let code = wait_exit(&mut rt.0, T);
@@ -258,13 +264,156 @@ fn status_command_human_json_and_stale() {
     assert_eq!(s.pid, rt.id());
     let agent = s.agent_pid.unwrap();
 
-    // The supervisor dies without cleaning up: the record is stale.
+    assert_eq!(s.supervisor_running, Some(true), "judged where it runs");
+    assert!(s.agent_up());
+
+    // The supervisor dies without cleaning up: the record is stale, and `status` says so — in
+    // the JSON too, which is what phonectl reads from a phone.
     let _ = rt.kill();
     let _ = rt.wait();
     let out = node.node_runtime(&["status", "--config", cfg]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("stale"), "{text}");
+    let out = node.node_runtime(&["status", "--json", "--config", cfg]);
+    let s: node_runtime::status::Status = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        s.state,
+        AgentState::Running,
+        "the record as the dead writer left it"
+    );
+    assert_eq!(s.supervisor_running, Some(false));
+    assert!(!s.agent_up());
+    // A live process that is not node-runtime under the recorded pid is no supervisor either.
+    let mut other = KillOnDrop(
+        std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap(),
+    );
+    std::fs::write(node.path("node-runtime.pid"), format!("{}\n", other.0.id())).unwrap();
+    let mut record = node.status().unwrap();
+    record.pid = other.0.id();
+    node_runtime::status::write_atomic(&node.path("status.json"), &record).unwrap();
+    let out = node.node_runtime(&["status", "--json", "--config", cfg]);
+    let s: node_runtime::status::Status = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s.supervisor_running, Some(false));
+    // ... and `stop` does not signal it.
+    let out = node.node_runtime(&["stop", "--config", cfg]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not running"));
+    assert!(
+        alive(other.0.id()),
+        "stop signalled a process that is not node-runtime"
+    );
+    let _ = other.0.kill();
     signal(agent, Signal::SIGKILL);
+}
+
+/// A boot hook racing an enroll: two supervisors started at the same moment, one wins.
+#[test]
+fn two_supervisors_started_at_once_one_runs() {
+    let node = Node::new();
+    let config = node.write_config();
+    let spawn = || {
+        std::process::Command::new(armfleet_tests::util::aarch64_bin("node-runtime"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (mut a, mut b) = (KillOnDrop(a), KillOnDrop(b));
+    node.wait_runs(1, T);
+    // The loser exits 2 saying who runs; the winner keeps running.
+    let exited = wait_for("one supervisor to give up", T, || {
+        for c in [&mut a, &mut b] {
+            if let Ok(Some(code)) = c.0.try_wait() {
+                return Some((c.0.id(), code));
+            }
+        }
+        None
+    });
+    assert_eq!(exited.1.code(), Some(2));
+    let winner = if exited.0 == a.0.id() { &mut b } else { &mut a };
+    assert!(alive(winner.0.id()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(node.runs().len(), 1, "two agents were started");
+    signal(winner.0.id(), Signal::SIGTERM);
+    assert!(wait_exit(&mut winner.0, T).success());
+}
+
+/// The pids of the stand-in's children, waiting until `n` are recorded.
+fn child_pids(node: &Node, n: usize) -> Vec<u32> {
+    wait_for("the stand-in's children", T, || {
+        let pids: Vec<u32> = std::fs::read_to_string(node.path("k3s.runs.child"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        (pids.len() >= n).then_some(pids)
+    })
+}
+
+/// The agent's children share its process group and its log pipe (as containerd does k3s'): one
+/// outliving a crashed agent must not stall the supervisor's restarts, and a stop takes the
+/// whole group down.
+#[test]
+fn agent_children_neither_stall_restarts_nor_outlive_a_stop() {
+    let node = Node::new();
+    node.control("child = true\ncrash_after_ms = 300\ncrash_runs = 1\n");
+    let mut rt = KillOnDrop(node.spawn_run());
+    let runs = node.wait_runs(2, T);
+    let first_child = child_pids(&node, 1)[0];
+    assert!(
+        alive(first_child),
+        "the first run's child should still hold the log pipe"
+    );
+    let second = runs[1]["pid"].as_u64().unwrap() as u32;
+    node.wait_status("second run healthy", T, |s| {
+        s.healthy && s.agent_pid == Some(second)
+    });
+    // The supervisor still answers: status written, signals handled.
+    signal(rt.0.id(), Signal::SIGTERM);
+    assert!(wait_exit(&mut rt.0, T).success(), "{}", node.stderr());
+    let children = child_pids(&node, 2);
+    wait_for("the second run's child gone with its group", T, || {
+        (!alive(children[1])).then_some(())
+    });
+    assert!(!alive(second));
+    signal(first_child, Signal::SIGKILL);
+}
+
+/// A supervisor killed outright leaves its agent running; the next one stops it before starting
+/// its own, so there is never a second agent beside the first.
+#[test]
+fn orphaned_agent_of_a_killed_supervisor_is_stopped_first() {
+    let node = Node::new();
+    node.control("child = true\n");
+    let mut rt = node.spawn_run();
+    let first = node.wait_runs(1, T)[0]["pid"].as_u64().unwrap() as u32;
+    node.wait_status("running", T, |s| s.agent_pid == Some(first));
+    let _ = rt.kill();
+    let _ = rt.wait();
+    assert!(alive(first), "the agent outlives a SIGKILLed supervisor");
+    let first_child = child_pids(&node, 1)[0];
+    let mut rt = KillOnDrop(node.spawn_run());
+    let runs = node.wait_runs(2, T);
+    let second = runs[1]["pid"].as_u64().unwrap() as u32;
+    assert!(
+        !alive(first),
+        "the orphaned agent still runs beside the new one"
+    );
+    assert!(!alive(first_child), "the orphaned agent's child still runs");
+    assert!(alive(second));
+    assert!(
+        node.stderr().contains("previous node-runtime"),
+        "{}",
+        node.stderr()
+    );
+    signal(rt.0.id(), Signal::SIGTERM);
+    assert!(wait_exit(&mut rt.0, T).success());
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! input of the issue, and the phone chroot as root into a busybox aarch64 rootfs.
 
 use armfleet_tests::standin::{KillOnDrop, Node, alive, set_mode, signal, wait_exit, wait_for};
-use armfleet_tests::util::{aarch64_bin, workspace_root};
+use armfleet_tests::util::{aarch64_bin, skip_for_missing, workspace_root};
 use nix::sys::signal::Signal;
 use node_runtime::status::AgentState;
 use std::io::{Read, Write};
@@ -375,6 +375,185 @@ fn broken_streams_leave_the_old_tree_and_no_temp_dir() {
     assert_eq!(siblings(&dest), vec!["old-marker"]);
 }
 
+/// A tar.gz of raw entries: (path, kind, link target or data).
+fn hostile_tgz(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, kind, extra) in entries {
+        let mut h = base_header();
+        h.set_entry_type(*kind);
+        h.set_mode(0o666);
+        if kind.is_symlink() || kind.is_hard_link() {
+            h.set_size(0);
+            // append_link would refuse `..`; the raw name fields take anything, as an attacker's do.
+            h.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_link_name_literal(extra).unwrap();
+            h.set_cksum();
+            b.append(&h, std::io::empty()).unwrap();
+        } else {
+            let body = if kind.is_file() {
+                extra.as_bytes()
+            } else {
+                b""
+            };
+            h.set_size(body.len() as u64);
+            if kind.is_character_special() {
+                h.set_device_major(1).unwrap();
+                h.set_device_minor(3).unwrap();
+            }
+            h.as_gnu_mut().unwrap().name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_cksum();
+            b.append(&h, body).unwrap();
+        }
+    }
+    b.into_inner().unwrap().finish().unwrap()
+}
+
+/// Every entry kind tried through a symlink the archive made, and out through `..` and hard links:
+/// each archive is refused whole with one line, the installed tree stays, nothing outside changes.
+#[test]
+fn unpack_refuses_entries_that_reach_outside_the_tree() {
+    use tar::EntryType as E;
+    let parent = tempfile::tempdir().unwrap();
+    let outside = parent.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), "precious").unwrap();
+    let out_s = outside.to_str().unwrap();
+    let dest = parent.path().join("rootfs");
+    std::fs::create_dir(&dest).unwrap();
+    std::fs::write(dest.join("old-marker"), "old").unwrap();
+    /// One tar entry: path, kind, link target or file body.
+    type Entry<'a> = (&'a str, E, &'a str);
+    let cases: Vec<(&str, Vec<Entry>)> = vec![
+        (
+            "a device through the archive's own symlink",
+            vec![("esc", E::Symlink, out_s), ("esc/victim", E::Char, "")],
+        ),
+        (
+            "a FIFO through the symlink",
+            vec![("esc", E::Symlink, out_s), ("esc/victim", E::Fifo, "")],
+        ),
+        (
+            "a file through the symlink",
+            vec![
+                ("esc", E::Symlink, out_s),
+                ("esc/victim", E::Regular, "evil"),
+            ],
+        ),
+        (
+            "a directory through the symlink",
+            vec![("esc", E::Symlink, out_s), ("esc/newdir", E::Directory, "")],
+        ),
+        (
+            "a file under a new directory through the symlink",
+            vec![("esc", E::Symlink, out_s), ("esc/a/b", E::Regular, "evil")],
+        ),
+        (
+            "a symlink through the symlink",
+            vec![("esc", E::Symlink, out_s), ("esc/victim", E::Symlink, "/x")],
+        ),
+        (
+            "a parent component",
+            vec![("../outside/victim", E::Regular, "evil")],
+        ),
+        (
+            "a hard link out of the tree",
+            vec![("stolen", E::Link, "../outside/victim")],
+        ),
+        (
+            "a hard link through the symlink",
+            vec![
+                ("esc", E::Symlink, out_s),
+                ("stolen", E::Link, "esc/victim"),
+            ],
+        ),
+    ];
+    for (what, entries) in cases {
+        let tgz = hostile_tgz(&entries);
+        let out = run_unpack(&dest, &tgz, None);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let e = stderr_line(&out);
+        assert!(
+            e.contains("unsafe") && e.contains("left as it was"),
+            "{what}: {e}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(outside.join("victim")).unwrap(),
+            "precious",
+            "{what}: the file outside was changed"
+        );
+        let m = std::fs::symlink_metadata(outside.join("victim")).unwrap();
+        assert!(m.is_file(), "{what}: the file outside was replaced");
+        assert_eq!(
+            siblings(&outside),
+            vec!["victim"],
+            "{what}: written outside"
+        );
+        assert_eq!(siblings(&dest), vec!["old-marker"], "{what}: tree changed");
+        assert_eq!(
+            siblings(parent.path()),
+            vec!["outside", "rootfs"],
+            "{what}: temp dir left"
+        );
+    }
+}
+
+/// Python's tarfile (a real, common archiver) writes a FIFO with empty device-number fields.
+#[test]
+fn unpack_takes_a_fifo_without_device_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let tgz = dir.path().join("fifo.tar.gz");
+    let script = format!(
+        "import tarfile\n\
+         with tarfile.open('{}', 'w:gz', format=tarfile.GNU_FORMAT) as t:\n\
+         \x20   i = tarfile.TarInfo('dev/initctl'); i.type = tarfile.FIFOTYPE; i.mode = 0o600\n\
+         \x20   t.addfile(i)\n",
+        tgz.display()
+    );
+    let py = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let data = std::fs::read(&tgz).unwrap();
+    // The fields really are empty (NULs), which is what once failed to parse as a number.
+    let raw = {
+        let mut s = Vec::new();
+        flate2::read::GzDecoder::new(&data[..])
+            .read_to_end(&mut s)
+            .unwrap();
+        s
+    };
+    assert!(
+        raw[329..345].iter().all(|&b| b == 0),
+        "{:?}",
+        &raw[329..345]
+    );
+    let dest = dir.path().join("rootfs");
+    let out = run_unpack(&dest, &data, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let m = std::fs::symlink_metadata(dest.join("dev/initctl")).unwrap();
+    assert!(m.file_type().is_fifo());
+    assert_eq!(m.permissions().mode() & 0o7777, 0o600);
+}
+
 // ---------------------------------------------------------------- k3s fetch
 
 /// A one-file HTTP mirror on 127.0.0.1 that honours Range and can cut the first response.
@@ -566,7 +745,8 @@ fn bad_configs_and_tokens_give_one_line_and_exit_2() {
     assert!(e.contains("chmod 600") && !e.contains("s3cr3t"), "{e}");
     // Nothing started, nothing left claiming the node.
     assert!(node.runs().is_empty());
-    assert!(!node.path("node-runtime.pid").exists());
+    let pidfile = std::fs::read_to_string(node.path("node-runtime.pid")).unwrap_or_default();
+    assert_eq!(pidfile, "", "the pidfile still names a supervisor");
 }
 
 // ---------------------------------------------------------------- power policy
@@ -672,6 +852,105 @@ fn battery_policy_drives_charging_switch_and_agent_pause() {
     );
 }
 
+/// Charging held off by the policy is given back on every way a supervisor goes: a stop, and —
+/// through `node-runtime stop`, which unenroll and re-enroll run — a supervisor killed outright.
+/// A new supervisor reads the switch's real state rather than assuming charging is on.
+#[test]
+fn charging_is_given_back_when_the_supervisor_goes() {
+    let mut node = Node::new();
+    let ps = node.path("power_supply");
+    let w = |p: &str, v: &str| {
+        let f = ps.join(p);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, format!("{v}\n")).unwrap();
+    };
+    let read = |p: &str| {
+        std::fs::read_to_string(ps.join(p))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    w("battery/type", "Battery");
+    w("battery/capacity", "85");
+    w("battery/status", "Charging");
+    w("battery/charging_enabled", "1");
+    w("usb/type", "USB");
+    w("usb/online", "1");
+    node.extra_toml = format!(
+        "[power]\nwakelock = false\npower_supply_dir = \"{}\"\n",
+        ps.display()
+    );
+    let config = node.write_config();
+    let cfg = config.to_str().unwrap();
+    let start = || {
+        KillOnDrop(
+            Command::new(aarch64_bin("node-runtime"))
+                .args(["run", "--config", cfg])
+                .env("ARMFLEET_POWER_POLL_MS", "100")
+                .stderr(std::fs::File::create(node.path("runtime.err")).unwrap())
+                .spawn()
+                .unwrap(),
+        )
+    };
+
+    // 1. Held off at 85 %, then a clean stop gives it back.
+    let mut rt = start();
+    wait_for("charging stopped at 85%", T, || {
+        (read("battery/charging_enabled") == "0").then_some(())
+    });
+    signal(rt.0.id(), Signal::SIGTERM);
+    assert!(wait_exit(&mut rt.0, T).success(), "{}", node.stderr());
+    assert_eq!(
+        read("battery/charging_enabled"),
+        "1",
+        "a stop left charging off"
+    );
+
+    // 2. Between the marks with the switch found off: the record says off (the real state), and
+    //    the stop gives it back.
+    w("battery/capacity", "70");
+    w("battery/charging_enabled", "0");
+    let mut rt = start();
+    let pid = rt.0.id();
+    let st = node.wait_status("battery read", T, |s| s.pid == pid && s.battery.is_some());
+    assert_eq!(st.battery.unwrap().charging_allowed, Some(false));
+    assert_eq!(
+        read("battery/charging_enabled"),
+        "0",
+        "between the marks: left as it is"
+    );
+    signal(rt.0.id(), Signal::SIGTERM);
+    assert!(wait_exit(&mut rt.0, T).success(), "{}", node.stderr());
+    assert_eq!(read("battery/charging_enabled"), "1");
+
+    // 3. Killed outright while holding it off: `node-runtime stop` gives it back.
+    w("battery/capacity", "85");
+    let mut rt = start();
+    wait_for("charging stopped again", T, || {
+        (read("battery/charging_enabled") == "0").then_some(())
+    });
+    let pid = rt.0.id();
+    let agent = node
+        .wait_status("agent", T, |s| s.pid == pid && s.agent_pid.is_some())
+        .agent_pid
+        .unwrap();
+    let _ = rt.0.kill();
+    let _ = rt.0.wait();
+    assert_eq!(read("battery/charging_enabled"), "0");
+    let out = node.node_runtime(&["stop", "--config", cfg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        read("battery/charging_enabled"),
+        "1",
+        "stop after a kill left charging off"
+    );
+    signal(agent, Signal::SIGKILL);
+}
+
 // ---------------------------------------------------------------- phone chroot
 
 fn mountinfo_points() -> Vec<String> {
@@ -725,8 +1004,8 @@ stop_grace_secs = 3
 
 #[test]
 fn phone_chroot_mounts_inside_only_and_nothing_leaks() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED: the chroot test needs root");
+    if !nix::unistd::Uid::effective().is_root() && skip_for_missing("root (it mounts and chroots)")
+    {
         return;
     }
     let loop_ok = Command::new("losetup")
@@ -734,8 +1013,7 @@ fn phone_chroot_mounts_inside_only_and_nothing_leaks() {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    if !loop_ok {
-        eprintln!("SKIPPED: no free loop device on this machine (losetup -f failed)");
+    if !loop_ok && skip_for_missing("a free loop device (losetup -f failed)") {
         return;
     }
     let base = tempfile::tempdir().unwrap();
@@ -842,13 +1120,18 @@ fn phone_chroot_mounts_inside_only_and_nothing_leaks() {
     wait_for("loop device released", T, || {
         loop_devices_of(&img).is_empty().then_some(())
     });
-    assert!(!root.join("var/lib/armfleet/node-runtime.pid").exists());
+    assert_eq!(
+        std::fs::read_to_string(root.join("var/lib/armfleet/node-runtime.pid")).unwrap(),
+        "",
+        "a stopped supervisor leaves its pidfile naming nobody"
+    );
 }
 
 #[test]
 fn no_space_for_the_data_image_is_clear_and_leaves_nothing() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED: needs root (mounts a small tmpfs)");
+    if !nix::unistd::Uid::effective().is_root()
+        && skip_for_missing("root (it mounts a small tmpfs)")
+    {
         return;
     }
     let base = tempfile::tempdir().unwrap();

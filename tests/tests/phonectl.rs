@@ -849,6 +849,142 @@ fn phonectl_token_ca_hash_checked_against_the_server() {
     );
 }
 
+/// The phone's battery with node-runtime's battery care on: the charging switch as root reads it.
+fn charging_switch(phone: &VirtualPhone) -> String {
+    let (code, out, err) = phone.root_shell("cat /sys/class/power_supply/battery/charging_enabled");
+    assert_eq!(code, 0, "{err}");
+    out.trim().to_owned()
+}
+
+fn status_json(rig: &Rig, phone: &VirtualPhone) -> serde_json::Value {
+    let o = rig.run(&["-s", &phone.serial(), "status", "--json"]);
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)))
+}
+
+/// A supervisor killed outright (kill -9) on a phone on its charger: `status` says it is gone
+/// (judged on the phone), `start` does not take its stale "running" record for a worker and its
+/// new supervisor stops the orphaned agent first, and charging held off is given back by
+/// `unenroll` — the virtual phone's own battery and charging switch.
+#[test]
+fn phonectl_killed_supervisor_is_told_apart_and_leaves_no_agent_or_charging_off() {
+    let rig = Rig::new();
+    let phone = rig.phone("rooted-magisk");
+    let rootfs = mini_node_rootfs();
+    let (code, _, err) = phone.root_shell("echo 85 > /sys/class/power_supply/battery/capacity");
+    assert_eq!(code, 0, "{err}");
+    let cfg = rig.config("phone-power");
+    let mut text_cfg = std::fs::read_to_string(&cfg).unwrap();
+    text_cfg.push_str("[power]\nwakelock = false\n");
+    std::fs::write(&cfg, text_cfg).unwrap();
+    ok(
+        &rig.enroll_forced(&phone, "phone-power", &rootfs, &[]),
+        &phone,
+    );
+    wait_for("charging held off at 85%", Duration::from_secs(20), || {
+        (charging_switch(&phone) == "0").then_some(())
+    });
+    let st = status_json(&rig, &phone);
+    assert_eq!(st["status"]["supervisor_running"], true, "{st}");
+    let supervisor = st["status"]["pid"].as_u64().unwrap();
+
+    // `shell -- CMD` returns when CMD ends, though its stdin (a terminal, here a pipe kept open)
+    // never does.
+    let mut sh = rig
+        .cmd()
+        .args(["-s", &phone.serial(), "shell", "--", "echo", "done-here"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _keep_open = sh.stdin.take();
+    let exited = wait_for("shell -- echo to return", Duration::from_secs(30), || {
+        sh.try_wait().unwrap()
+    });
+    assert!(exited.success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut sh.stdout.take().unwrap(), &mut out).unwrap();
+    assert_eq!(out.trim(), "done-here");
+    let agent = st["status"]["agent_pid"].as_u64().unwrap();
+
+    let (code, _, err) = phone.root_shell(&format!("kill -9 {supervisor}"));
+    assert_eq!(code, 0, "{err}");
+    wait_for("supervisor gone", Duration::from_secs(10), || {
+        (phone.root_shell(&format!("kill -0 {supervisor}")).0 != 0).then_some(())
+    });
+    // The record still says "running"; the phone's node-runtime says its writer is gone.
+    let st = status_json(&rig, &phone);
+    assert_eq!(st["status"]["state"], "running", "{st}");
+    assert_eq!(st["status"]["supervisor_running"], false, "{st}");
+    let human = ok(&rig.run(&["-s", &phone.serial(), "status"]), &phone);
+    assert!(human.contains("stale"), "{human}");
+    assert_eq!(
+        phone.root_shell(&format!("kill -0 {agent}")).0,
+        0,
+        "the orphan runs"
+    );
+
+    // start: a new supervisor, the orphaned agent stopped first, one agent running.
+    ok(
+        &rig.run(&["-s", &phone.serial(), "start", "--wait", "60"]),
+        &phone,
+    );
+    let st = status_json(&rig, &phone);
+    assert_eq!(st["status"]["supervisor_running"], true, "{st}");
+    assert_ne!(st["status"]["pid"].as_u64().unwrap(), supervisor);
+    assert_ne!(
+        phone.root_shell(&format!("kill -0 {agent}")).0,
+        0,
+        "orphaned agent still runs"
+    );
+    assert_eq!(standin_runs(&phone).len(), 2);
+    assert_eq!(
+        charging_switch(&phone),
+        "0",
+        "85%: still held off by the new supervisor"
+    );
+
+    // Killed again while holding charging off; unenroll gives it back.
+    let pid = st["status"]["pid"].as_u64().unwrap();
+    assert_eq!(phone.root_shell(&format!("kill -9 {pid}")).0, 0);
+    ok(&rig.run(&["-s", &phone.serial(), "unenroll"]), &phone);
+    assert_eq!(charging_switch(&phone), "1", "unenroll left charging off");
+}
+
+/// `status --all --json` lists every phone, a failing one with its error, and exits non-zero when
+/// any failed: a script never mistakes "nothing reported" for "all fine".
+#[test]
+fn phonectl_status_all_json_reports_each_phone_and_fails_for_any() {
+    let rig = Rig::new();
+    let plain = rig.phone("rooted-magisk");
+    let locked = rig.phone("unauthorized");
+    let o = rig.run(&["status", "--all", "--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| panic!("{}", text(&o)));
+    let entries = v.as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{v}");
+    let find = |serial: &str| {
+        entries
+            .iter()
+            .find(|e| e["serial"] == serial)
+            .unwrap_or_else(|| panic!("{serial} missing from {v}"))
+    };
+    let e = find(&plain.serial());
+    assert_eq!(e["ok"], false);
+    assert!(e["error"].as_str().unwrap().contains("not enrolled"), "{e}");
+    let e = find(&locked.serial());
+    assert_eq!(e["ok"], false);
+    assert!(e["error"].as_str().unwrap().contains("unauthorized"), "{e}");
+    // Without --json: one line per failing phone, the same exit code.
+    let o = rig.run(&["status", "--all"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("not enrolled") && err.contains("unauthorized"),
+        "{err}"
+    );
+}
+
 #[test]
 fn phonectl_error_no_node_config_and_no_name() {
     let rig = Rig::new();

@@ -20,6 +20,9 @@ pub enum Mode {
     AlwaysCutAfter(u64),
     /// Ignore `Range` and always send the whole file with 200.
     IgnoreRange,
+    /// A broken mirror: 200 without Content-Length, then the file over and over until the client
+    /// hangs up.
+    Endless,
 }
 
 /// One request as the server saw it.
@@ -155,6 +158,20 @@ fn serve(conn: TcpStream, shared: &Shared) {
         return;
     };
     let len = body.len() as u64;
+    if mode == Mode::Endless {
+        if out
+            .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+            .is_err()
+        {
+            return;
+        }
+        loop {
+            if shared.stop.load(Ordering::SeqCst) || out.write_all(&body).is_err() {
+                return;
+            }
+            shared.body_bytes_served.fetch_add(len, Ordering::SeqCst);
+        }
+    }
     let start = match (&range, mode) {
         (Some(r), m) if m != Mode::IgnoreRange => r
             .strip_prefix("bytes=")

@@ -352,6 +352,8 @@ pub(crate) fn build(root: &Path, profile: &Profile) {
         ("health", b.health.clone()),
         ("temp", b.temp.to_string()),
         ("voltage_now", "4123000".into()),
+        // The charging switch most Qualcomm kernels offer (node-runtime's battery care).
+        ("charging_enabled", "1".into()),
     ] {
         std::fs::write(bat.join(f), format!("{v}\n")).unwrap();
     }

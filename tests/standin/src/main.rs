@@ -18,7 +18,9 @@
 //! - `hang = true`: ignore SIGTERM (the supervisor must SIGKILL);
 //! - `healthz = false`: no health endpoint;
 //! - `log_lines = N`, `log_line_bytes = B`: N extra lines of B bytes at start (log rotation);
-//! - `tick_ms = T`: a log line every T ms.
+//! - `tick_ms = T`: a log line every T ms;
+//! - `child = true`: start a child (as k3s starts containerd) that shares its stdout/stderr and
+//!   process group and sleeps until killed; its pid goes to `<record file>.child`.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -113,6 +115,11 @@ fn main() {
             .unwrap_or_default()
     );
 
+    // Before the health listener: the child must not inherit (and hold) its port.
+    if get("child") == Some("true") {
+        spawn_child(&with_suffix(&record_path, ".child"));
+    }
+
     if get("healthz") != Some("false") {
         let port = flag_values(&argv, "--kubelet-arg")
             .iter()
@@ -181,6 +188,32 @@ fn main() {
             );
             std::process::exit(0);
         }
+    }
+}
+
+/// Forks a child that keeps the inherited stdout/stderr open and sleeps, dying of the default
+/// SIGTERM/SIGKILL action (the signal mask is cleared). Its pid is appended to `pid_file`.
+fn spawn_child(pid_file: &Path) {
+    // SAFETY: the child only calls async-signal-safe functions (sigprocmask, pause, _exit).
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: as above.
+        unsafe {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    if pid > 0
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(pid_file)
+    {
+        let _ = f.write_all(format!("{pid}\n").as_bytes());
     }
 }
 

@@ -82,7 +82,7 @@ done
 mapped=$(grep -o '<MappedBlocksCount> [0-9]*' "$big.bmap" | awk '{print $2 * 4096}')
 sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
 t0=$(now)
-"$ig" flash "$big" "$work/card-ig.img" --yes >/dev/null
+"$ig" flash "$big" "$work/card-ig.img" --to-file --yes >/dev/null
 t1=$(now)
 fl_s=$(secs "$t0" "$t1")
 rm -f "$work/card-ig.img"

@@ -12,131 +12,15 @@
 //! Every byte written to the server is counted ([`AdbServer::bytes_sent`]) so callers can show
 //! (and tests can prove) how much an operation sent.
 
-use crate::device::{Device, RemoteStat, ShellOutput};
+use crate::device::{Device, DeviceError, RemoteStat};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The adb server's default port.
 pub const DEFAULT_PORT: u16 = 5037;
-
-/// Why talking to the adb server or a device failed. Each message says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum AdbError {
-    /// Nothing listens on the server port and no server could be started.
-    #[error(
-        "no adb server on 127.0.0.1:{port} and none could be started ({reason}): install Android platform-tools (`adb`) or start the server with `adb -P {port} start-server`"
-    )]
-    NoServer {
-        /// The port tried.
-        port: u16,
-        /// Why starting one failed.
-        reason: String,
-    },
-    /// No device is attached.
-    #[error(
-        "no phone attached: plug it in over USB, enable USB debugging (Settings > Developer options) and check `adb devices`"
-    )]
-    NoDevice,
-    /// Several devices and no serial given.
-    #[error("several phones attached ({serials}): choose one with -s SERIAL, or use --all")]
-    SeveralDevices {
-        /// The serials, comma separated.
-        serials: String,
-    },
-    /// The serial is not attached.
-    #[error(
-        "phone {serial} is not attached (attached: {attached}): check the serial with `phonectl devices`"
-    )]
-    UnknownSerial {
-        /// The serial asked for.
-        serial: String,
-        /// What is attached.
-        attached: String,
-    },
-    /// The device has not accepted this computer's key.
-    #[error(
-        "phone {serial} is unauthorized: unlock the phone and accept the USB debugging prompt, then retry"
-    )]
-    Unauthorized {
-        /// The device.
-        serial: String,
-    },
-    /// The device is attached but not answering.
-    #[error(
-        "phone {serial} is offline: unplug and replug the cable, or run `adb reconnect`, then retry"
-    )]
-    Offline {
-        /// The device.
-        serial: String,
-    },
-    /// The device is in some other state (recovery, sideload, bootloader...).
-    #[error("phone {serial} is in state `{state}`, not `device`: boot it into Android and retry")]
-    BadState {
-        /// The device.
-        serial: String,
-        /// The state the server reports.
-        state: String,
-    },
-    /// The device's adbd does not speak shell protocol v2 (Android < 7).
-    #[error("phone {serial}: its adbd lacks shell protocol v2 (Android 7 or newer is needed)")]
-    NoShellV2 {
-        /// The device.
-        serial: String,
-    },
-    /// The server refused a request.
-    #[error("phone {serial}: adb server refused `{request}`: {message}")]
-    Refused {
-        /// The device (or `-` for host requests).
-        serial: String,
-        /// The request.
-        request: String,
-        /// The server's message.
-        message: String,
-    },
-    /// The connection broke (cable pulled, server killed, device rebooted).
-    #[error(
-        "phone {serial}: connection lost during {what} ({source}): check the cable and rerun; nothing half-done is activated"
-    )]
-    Io {
-        /// The device (or `-`).
-        serial: String,
-        /// What was being done.
-        what: String,
-        /// The I/O error.
-        source: io::Error,
-    },
-    /// A sync request failed on the device (e.g. permission denied, no space).
-    #[error("phone {serial}: {op} {path} failed: {message}")]
-    Sync {
-        /// The device.
-        serial: String,
-        /// `push` / `pull`.
-        op: &'static str,
-        /// The remote path.
-        path: String,
-        /// The device's message.
-        message: String,
-    },
-    /// The server or device said something that is not the protocol.
-    #[error("phone {serial}: protocol error: {message}")]
-    Protocol {
-        /// The device (or `-`).
-        serial: String,
-        /// What was wrong.
-        message: String,
-    },
-}
-
-impl AdbError {
-    /// True for "the connection broke": the caller may say "rerun".
-    pub fn is_connection_lost(&self) -> bool {
-        matches!(self, AdbError::Io { .. })
-    }
-}
 
 /// One line of `adb devices -l`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -215,17 +99,17 @@ impl AdbServer {
 
     /// Connects to the server on `port`, starting it with `adb -P PORT start-server` when nothing
     /// listens and `adb` is on PATH.
-    pub fn connect(port: u16) -> Result<AdbServer, AdbError> {
+    pub fn connect(port: u16) -> Result<AdbServer, DeviceError> {
         let server = AdbServer {
             port,
             sent: Arc::new(AtomicU64::new(0)),
         };
         match server.version() {
             Ok(_) => return Ok(server),
-            Err(AdbError::Io { .. }) => {}
+            Err(DeviceError::Io { .. }) => {}
             Err(e) => return Err(e),
         }
-        let started = Command::new("adb")
+        let started = bootstrap::process::command("adb")
             .args(["-P", &port.to_string(), "start-server"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -246,7 +130,7 @@ impl AdbServer {
                 Err(e) => e.to_string(),
             },
         };
-        Err(AdbError::NoServer { port, reason })
+        Err(DeviceError::NoServer { port, reason })
     }
 
     /// The server's port.
@@ -259,17 +143,17 @@ impl AdbServer {
         self.sent.load(Ordering::Relaxed)
     }
 
-    fn io_err(serial: &str, what: &str) -> impl FnOnce(io::Error) -> AdbError {
+    fn io_err(serial: &str, what: &str) -> impl FnOnce(io::Error) -> DeviceError {
         let serial = serial.to_owned();
         let what = what.to_owned();
-        move |source| AdbError::Io {
+        move |source| DeviceError::Io {
             serial,
             what,
             source,
         }
     }
 
-    fn open(&self, serial: &str) -> Result<Conn, AdbError> {
+    fn open(&self, serial: &str) -> Result<Conn, DeviceError> {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .map_err(Self::io_err(serial, "connecting to the adb server"))?;
@@ -282,18 +166,18 @@ impl AdbServer {
     }
 
     /// `host:version`.
-    pub fn version(&self) -> Result<u32, AdbError> {
+    pub fn version(&self) -> Result<u32, DeviceError> {
         let mut c = self.open("-")?;
         c.request("host:version")?;
         let text = c.read_len_prefixed()?;
-        u32::from_str_radix(text.trim(), 16).map_err(|_| AdbError::Protocol {
+        u32::from_str_radix(text.trim(), 16).map_err(|_| DeviceError::Protocol {
             serial: "-".into(),
             message: format!("bad version reply {text:?}"),
         })
     }
 
     /// `host:devices-l`.
-    pub fn devices(&self) -> Result<Vec<DeviceEntry>, AdbError> {
+    pub fn devices(&self) -> Result<Vec<DeviceEntry>, DeviceError> {
         let mut c = self.open("-")?;
         c.request("host:devices-l")?;
         Ok(parse_devices_l(&c.read_len_prefixed()?))
@@ -302,7 +186,7 @@ impl AdbServer {
     /// Chooses the device: `serial` when given (must be attached and ready), else the only one.
     /// A network serial (`HOST:PORT`, a phone on `adb connect`) that is missing or offline, as
     /// after the phone rebooted, is reconnected first.
-    pub fn select(&self, serial: Option<&str>) -> Result<AdbDevice, AdbError> {
+    pub fn select(&self, serial: Option<&str>) -> Result<AdbDevice, DeviceError> {
         let mut devices = self.devices()?;
         if let Some(s) = serial
             && network_serial(s)
@@ -318,15 +202,15 @@ impl AdbServer {
                 .iter()
                 .find(|d| d.serial == s)
                 .cloned()
-                .ok_or_else(|| AdbError::UnknownSerial {
+                .ok_or_else(|| DeviceError::UnknownSerial {
                     serial: s.to_owned(),
                     attached: attached_list(&devices),
                 })?,
             None => match devices.as_slice() {
-                [] => return Err(AdbError::NoDevice),
+                [] => return Err(DeviceError::NoDevice),
                 [one] => one.clone(),
                 _ => {
-                    return Err(AdbError::SeveralDevices {
+                    return Err(DeviceError::SeveralDevices {
                         serials: attached_list(&devices),
                     });
                 }
@@ -337,7 +221,7 @@ impl AdbServer {
 
     /// `host:connect:HOST:PORT` (what `adb connect` sends), then waits up to `wait` for the
     /// device to be ready. Returns the device list as it then is; the caller judges the state.
-    pub fn reconnect(&self, serial: &str, wait: Duration) -> Result<Vec<DeviceEntry>, AdbError> {
+    pub fn reconnect(&self, serial: &str, wait: Duration) -> Result<Vec<DeviceEntry>, DeviceError> {
         let until = std::time::Instant::now() + wait;
         loop {
             let mut c = self.open(serial)?;
@@ -358,14 +242,14 @@ impl AdbServer {
     }
 
     /// A handle on an attached device; fails unless its state is `device`.
-    pub fn device(&self, entry: &DeviceEntry) -> Result<AdbDevice, AdbError> {
+    pub fn device(&self, entry: &DeviceEntry) -> Result<AdbDevice, DeviceError> {
         let serial = entry.serial.clone();
         match entry.state.as_str() {
             "device" => {}
-            "unauthorized" => return Err(AdbError::Unauthorized { serial }),
-            "offline" => return Err(AdbError::Offline { serial }),
+            "unauthorized" => return Err(DeviceError::Unauthorized { serial }),
+            "offline" => return Err(DeviceError::Offline { serial }),
             other => {
-                return Err(AdbError::BadState {
+                return Err(DeviceError::BadState {
                     serial,
                     state: other.to_owned(),
                 });
@@ -381,7 +265,7 @@ impl AdbServer {
         };
         let features = dev.features()?;
         if !features.split(',').any(|f| f == "shell_v2") {
-            return Err(AdbError::NoShellV2 { serial: dev.serial });
+            return Err(DeviceError::NoShellV2 { serial: dev.serial });
         }
         Ok(dev)
     }
@@ -406,7 +290,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn write_all(&mut self, buf: &[u8], what: &str) -> Result<(), AdbError> {
+    fn write_all(&mut self, buf: &[u8], what: &str) -> Result<(), DeviceError> {
         self.stream
             .write_all(buf)
             .map_err(AdbServer::io_err(&self.serial, what))?;
@@ -414,14 +298,14 @@ impl Conn {
         Ok(())
     }
 
-    fn read_exact(&mut self, buf: &mut [u8], what: &str) -> Result<(), AdbError> {
+    fn read_exact(&mut self, buf: &mut [u8], what: &str) -> Result<(), DeviceError> {
         self.stream
             .read_exact(buf)
             .map_err(AdbServer::io_err(&self.serial, what))
     }
 
-    /// Sends a host request and waits for OKAY; FAIL becomes [`AdbError::Refused`].
-    fn request(&mut self, req: &str) -> Result<(), AdbError> {
+    /// Sends a host request and waits for OKAY; FAIL becomes [`DeviceError::Refused`].
+    fn request(&mut self, req: &str) -> Result<(), DeviceError> {
         let msg = format!("{:04x}{req}", req.len());
         self.write_all(msg.as_bytes(), req)?;
         let mut status = [0u8; 4];
@@ -432,27 +316,27 @@ impl Conn {
                 let message = self.read_len_prefixed()?;
                 Err(self.refusal(req, message))
             }
-            other => Err(AdbError::Protocol {
+            other => Err(DeviceError::Protocol {
                 serial: self.serial.clone(),
                 message: format!("reply {:?} to {req}", String::from_utf8_lossy(other)),
             }),
         }
     }
 
-    fn refusal(&self, req: &str, message: String) -> AdbError {
+    fn refusal(&self, req: &str, message: String) -> DeviceError {
         let serial = self.serial.clone();
         let lower = message.to_lowercase();
         if lower.contains("unauthorized") {
-            AdbError::Unauthorized { serial }
+            DeviceError::Unauthorized { serial }
         } else if lower.contains("offline") {
-            AdbError::Offline { serial }
+            DeviceError::Offline { serial }
         } else if lower.contains("not found") {
-            AdbError::UnknownSerial {
+            DeviceError::UnknownSerial {
                 serial,
                 attached: "see `phonectl devices`".into(),
             }
         } else {
-            AdbError::Refused {
+            DeviceError::Refused {
                 serial,
                 request: req.split(':').next().unwrap_or(req).to_owned(),
                 message: message.trim().to_owned(),
@@ -460,12 +344,12 @@ impl Conn {
         }
     }
 
-    fn read_len_prefixed(&mut self) -> Result<String, AdbError> {
+    fn read_len_prefixed(&mut self) -> Result<String, DeviceError> {
         let mut len = [0u8; 4];
         self.read_exact(&mut len, "reading a reply")?;
         let len =
             usize::from_str_radix(std::str::from_utf8(&len).unwrap_or("x"), 16).map_err(|_| {
-                AdbError::Protocol {
+                DeviceError::Protocol {
                     serial: self.serial.clone(),
                     message: "bad length prefix".into(),
                 }
@@ -494,9 +378,9 @@ const SYNC_TEXT_MAX: usize = 64 * 1024;
 
 /// A length the device announced, refused when no well-behaved adbd sends that much: a broken or
 /// hostile peer must not make phonectl allocate gigabytes.
-fn bounded(serial: &str, what: &str, len: usize, max: usize) -> Result<usize, AdbError> {
+fn bounded(serial: &str, what: &str, len: usize, max: usize) -> Result<usize, DeviceError> {
     if len > max {
-        return Err(AdbError::Protocol {
+        return Err(DeviceError::Protocol {
             serial: serial.to_owned(),
             message: format!(
                 "the device announced a {what} of {len} bytes, more than the {max} the protocol allows: reconnect the phone (adb kill-server) and retry"
@@ -519,12 +403,7 @@ impl AdbDevice {
         &self.server
     }
 
-    /// Bytes sent to the server for this device so far.
-    pub fn bytes_sent(&self) -> u64 {
-        self.server.bytes_sent()
-    }
-
-    fn transport(&self, service: &str) -> Result<Conn, AdbError> {
+    fn transport(&self, service: &str) -> Result<Conn, DeviceError> {
         let mut c = self.server.open(&self.serial)?;
         c.request(&format!("host:transport:{}", self.serial))?;
         c.request(service)?;
@@ -532,7 +411,7 @@ impl AdbDevice {
     }
 
     /// The device's adbd feature list (`host-serial:SERIAL:features`).
-    pub fn features(&self) -> Result<String, AdbError> {
+    pub fn features(&self) -> Result<String, DeviceError> {
         let mut c = self.server.open(&self.serial)?;
         c.request(&format!("host-serial:{}:features", self.serial))?;
         c.read_len_prefixed()
@@ -551,7 +430,7 @@ impl AdbDevice {
         stdin_progress: &mut (dyn FnMut(u64) + Send),
         stdout: &mut dyn Write,
         stderr: &mut dyn Write,
-    ) -> Result<i32, AdbError> {
+    ) -> Result<i32, DeviceError> {
         let conn = self.transport(&format!("shell,v2,raw:{cmd}"))?;
         let serial = self.serial.clone();
         let reader = conn
@@ -564,7 +443,7 @@ impl AdbDevice {
             let remote_done = &remote_done;
             // The writer runs beside the reader so a command that prints while it reads stdin
             // never deadlocks on full socket buffers.
-            let writer = scope.spawn(move || -> Result<(), AdbError> {
+            let writer = scope.spawn(move || -> Result<(), DeviceError> {
                 if let Some(input) = stdin {
                     let mut buf = vec![0u8; 64 * 1024];
                     let mut done = 0u64;
@@ -580,7 +459,7 @@ impl AdbDevice {
                                 continue;
                             }
                             Err(e) => {
-                                return Err(AdbError::Io {
+                                return Err(DeviceError::Io {
                                     serial: conn.serial.clone(),
                                     what: "reading local input".into(),
                                     source: e,
@@ -614,7 +493,7 @@ impl AdbDevice {
     }
 
     /// Lists `remote`'s directory entries (names only), or None when it is not a directory.
-    pub fn list(&self, remote: &str) -> Result<Option<Vec<String>>, AdbError> {
+    pub fn list(&self, remote: &str) -> Result<Option<Vec<String>>, DeviceError> {
         let mut c = self.transport("sync:")?;
         sync_req(&mut c, b"LIST", remote)?;
         let mut names = Vec::new();
@@ -627,7 +506,7 @@ impl AdbDevice {
                 break;
             }
             if &hdr[..4] != b"DENT" {
-                return Err(AdbError::Protocol {
+                return Err(DeviceError::Protocol {
                     serial: self.serial.clone(),
                     message: "bad LIST reply".into(),
                 });
@@ -652,12 +531,12 @@ fn read_v2(
     serial: &str,
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
-) -> Result<i32, AdbError> {
+) -> Result<i32, DeviceError> {
     let mut hdr = [0u8; 5];
     let mut buf = Vec::new();
     loop {
         if let Err(e) = stream.read_exact(&mut hdr) {
-            return Err(AdbError::Io {
+            return Err(DeviceError::Io {
                 serial: serial.to_owned(),
                 what: "running a shell command (the stream ended before its exit status)".into(),
                 source: e,
@@ -687,7 +566,7 @@ fn read_v2(
     }
 }
 
-fn sync_req(c: &mut Conn, id: &[u8; 4], path: &str) -> Result<(), AdbError> {
+fn sync_req(c: &mut Conn, id: &[u8; 4], path: &str) -> Result<(), DeviceError> {
     let mut req = Vec::with_capacity(8 + path.len());
     req.extend_from_slice(id);
     req.extend_from_slice(&(path.len() as u32).to_le_bytes());
@@ -701,7 +580,7 @@ fn sync_quit(c: &mut Conn) {
     let _ = c.write_all(&req, "sync quit");
 }
 
-fn sync_fail_message(c: &mut Conn, len: u32) -> Result<String, AdbError> {
+fn sync_fail_message(c: &mut Conn, len: u32) -> Result<String, DeviceError> {
     let len = bounded(&c.serial, "sync error message", len as usize, SYNC_TEXT_MAX)?;
     let mut msg = vec![0u8; len];
     c.read_exact(&mut msg, "sync")?;
@@ -713,20 +592,19 @@ impl Device for AdbDevice {
         &self.serial
     }
 
-    fn exec(
+    fn exec_streaming(
         &self,
         cmd: &str,
         stdin: Option<&mut (dyn Read + Send)>,
         progress: &mut (dyn FnMut(u64) + Send),
-    ) -> Result<ShellOutput, AdbError> {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let status = self.run_streaming(cmd, stdin, progress, &mut out, &mut err)?;
-        Ok(ShellOutput {
-            status,
-            stdout: out,
-            stderr: err,
-        })
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+    ) -> Result<i32, DeviceError> {
+        self.run_streaming(cmd, stdin, progress, stdout, stderr)
+    }
+
+    fn bytes_sent(&self) -> u64 {
+        self.server.bytes_sent()
     }
 
     fn push(
@@ -735,7 +613,7 @@ impl Device for AdbDevice {
         remote: &str,
         mode: u32,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<u64, AdbError> {
+    ) -> Result<u64, DeviceError> {
         let mut c = self.transport("sync:")?;
         sync_req(&mut c, b"SEND", &format!("{remote},{mode}"))?;
         let mut buf = vec![0u8; SYNC_DATA_MAX + 8];
@@ -746,7 +624,7 @@ impl Device for AdbDevice {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    return Err(AdbError::Io {
+                    return Err(DeviceError::Io {
                         serial: self.serial.clone(),
                         what: "reading the local file".into(),
                         source: e,
@@ -770,20 +648,20 @@ impl Device for AdbDevice {
                 sync_quit(&mut c);
                 Ok(done)
             }
-            b"FAIL" => Err(AdbError::Sync {
+            b"FAIL" => Err(DeviceError::Sync {
                 serial: self.serial.clone(),
                 op: "push",
                 path: remote.to_owned(),
                 message: sync_fail_message(&mut c, len)?,
             }),
-            _ => Err(AdbError::Protocol {
+            _ => Err(DeviceError::Protocol {
                 serial: self.serial.clone(),
                 message: "bad SEND reply".into(),
             }),
         }
     }
 
-    fn pull(&self, remote: &str, out: &mut dyn Write) -> Result<u64, AdbError> {
+    fn pull(&self, remote: &str, out: &mut dyn Write) -> Result<u64, DeviceError> {
         let mut c = self.transport("sync:")?;
         sync_req(&mut c, b"RECV", remote)?;
         let mut done = 0u64;
@@ -798,7 +676,7 @@ impl Device for AdbDevice {
                         bounded(&self.serial, "sync data chunk", len as usize, SYNC_DATA_MAX)?;
                     buf.resize(len, 0);
                     c.read_exact(&mut buf, "pull")?;
-                    out.write_all(&buf).map_err(|e| AdbError::Io {
+                    out.write_all(&buf).map_err(|e| DeviceError::Io {
                         serial: self.serial.clone(),
                         what: "writing the local copy".into(),
                         source: e,
@@ -807,7 +685,7 @@ impl Device for AdbDevice {
                 }
                 b"DONE" => break,
                 b"FAIL" => {
-                    return Err(AdbError::Sync {
+                    return Err(DeviceError::Sync {
                         serial: self.serial.clone(),
                         op: "pull",
                         path: remote.to_owned(),
@@ -815,7 +693,7 @@ impl Device for AdbDevice {
                     });
                 }
                 _ => {
-                    return Err(AdbError::Protocol {
+                    return Err(DeviceError::Protocol {
                         serial: self.serial.clone(),
                         message: "bad RECV reply".into(),
                     });
@@ -826,13 +704,13 @@ impl Device for AdbDevice {
         Ok(done)
     }
 
-    fn stat(&self, remote: &str) -> Result<Option<RemoteStat>, AdbError> {
+    fn stat(&self, remote: &str) -> Result<Option<RemoteStat>, DeviceError> {
         let mut c = self.transport("sync:")?;
         sync_req(&mut c, b"STAT", remote)?;
         let mut reply = [0u8; 16];
         c.read_exact(&mut reply, "stat")?;
         if &reply[..4] != b"STAT" {
-            return Err(AdbError::Protocol {
+            return Err(DeviceError::Protocol {
                 serial: self.serial.clone(),
                 message: "bad STAT reply".into(),
             });
@@ -927,7 +805,7 @@ mod tests {
         peer.write_all(&hdr).unwrap();
         let e = read_v2(ours, "phone-1", &mut Vec::new(), &mut Vec::new()).unwrap_err();
         assert!(
-            matches!(&e, AdbError::Protocol { message, .. } if message.contains("4294967280 bytes")),
+            matches!(&e, DeviceError::Protocol { message, .. } if message.contains("4294967280 bytes")),
             "{e}"
         );
     }

@@ -1,8 +1,123 @@
 //! The seam between phonectl's logic and ADB: everything phonectl does to a phone goes through
 //! [`Device`], so the logic never depends on how bytes reach the phone.
 
-use crate::adb::AdbError;
-use std::io::Read;
+use std::io::{self, Read, Write};
+
+/// Why talking to a phone (or the adb server that reaches it) failed. Each message says what
+/// to do. It lives with the [`Device`] trait, which every transport implements.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Nothing listens on the server port and no server could be started.
+    #[error(
+        "no adb server on 127.0.0.1:{port} and none could be started ({reason}): install Android platform-tools (`adb`) or start the server with `adb -P {port} start-server`"
+    )]
+    NoServer {
+        /// The port tried.
+        port: u16,
+        /// Why starting one failed.
+        reason: String,
+    },
+    /// No device is attached.
+    #[error(
+        "no phone attached: plug it in over USB, enable USB debugging (Settings > Developer options) and check `adb devices`"
+    )]
+    NoDevice,
+    /// Several devices and no serial given.
+    #[error("several phones attached ({serials}): choose one with -s SERIAL, or use --all")]
+    SeveralDevices {
+        /// The serials, comma separated.
+        serials: String,
+    },
+    /// The serial is not attached.
+    #[error(
+        "phone {serial} is not attached (attached: {attached}): check the serial with `phonectl devices`"
+    )]
+    UnknownSerial {
+        /// The serial asked for.
+        serial: String,
+        /// What is attached.
+        attached: String,
+    },
+    /// The device has not accepted this computer's key.
+    #[error(
+        "phone {serial} is unauthorized: unlock the phone and accept the USB debugging prompt, then retry"
+    )]
+    Unauthorized {
+        /// The device.
+        serial: String,
+    },
+    /// The device is attached but not answering.
+    #[error(
+        "phone {serial} is offline: unplug and replug the cable, or run `adb reconnect`, then retry"
+    )]
+    Offline {
+        /// The device.
+        serial: String,
+    },
+    /// The device is in some other state (recovery, sideload, bootloader...).
+    #[error("phone {serial} is in state `{state}`, not `device`: boot it into Android and retry")]
+    BadState {
+        /// The device.
+        serial: String,
+        /// The state the server reports.
+        state: String,
+    },
+    /// The device's adbd does not speak shell protocol v2 (Android < 7).
+    #[error("phone {serial}: its adbd lacks shell protocol v2 (Android 7 or newer is needed)")]
+    NoShellV2 {
+        /// The device.
+        serial: String,
+    },
+    /// The server refused a request.
+    #[error("phone {serial}: adb server refused `{request}`: {message}")]
+    Refused {
+        /// The device (or `-` for host requests).
+        serial: String,
+        /// The request.
+        request: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The connection broke (cable pulled, server killed, device rebooted).
+    #[error(
+        "phone {serial}: connection lost during {what} ({source}): check the cable and rerun; nothing half-done is activated"
+    )]
+    Io {
+        /// The device (or `-`).
+        serial: String,
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// A sync request failed on the device (e.g. permission denied, no space).
+    #[error("phone {serial}: {op} {path} failed: {message}")]
+    Sync {
+        /// The device.
+        serial: String,
+        /// `push` / `pull`.
+        op: &'static str,
+        /// The remote path.
+        path: String,
+        /// The device's message.
+        message: String,
+    },
+    /// The server or device said something that is not the protocol.
+    #[error("phone {serial}: protocol error: {message}")]
+    Protocol {
+        /// The device (or `-`).
+        serial: String,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl DeviceError {
+    /// True for "the connection broke": the caller may say "rerun".
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, DeviceError::Io { .. })
+    }
+}
 
 /// What a remote command did: its real exit status and its two output streams, kept apart.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,16 +173,42 @@ pub trait Device: Send + Sync {
     fn serial(&self) -> &str;
 
     /// Runs `cmd` (as the adb shell user), streaming `stdin` to it when given and closing it at
-    /// the end; `progress` gets the cumulative stdin bytes sent.
+    /// the end; its output goes to the sinks as it arrives; `progress` gets the cumulative stdin
+    /// bytes sent. Returns the command's exit status. An input that may block for long (a
+    /// terminal) should return `ErrorKind::TimedOut` now and then, so the call returns when the
+    /// command ends rather than at the next key press.
+    fn exec_streaming(
+        &self,
+        cmd: &str,
+        stdin: Option<&mut (dyn Read + Send)>,
+        progress: &mut (dyn FnMut(u64) + Send),
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+    ) -> Result<i32, DeviceError>;
+
+    /// [`Device::exec_streaming`] with both outputs collected.
     fn exec(
         &self,
         cmd: &str,
         stdin: Option<&mut (dyn Read + Send)>,
         progress: &mut (dyn FnMut(u64) + Send),
-    ) -> Result<ShellOutput, AdbError>;
+    ) -> Result<ShellOutput, DeviceError> {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let status = self.exec_streaming(cmd, stdin, progress, &mut stdout, &mut stderr)?;
+        Ok(ShellOutput {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Bytes sent to the phone so far through this handle (for summaries and the speed tests).
+    fn bytes_sent(&self) -> u64 {
+        0
+    }
 
     /// Runs `cmd` without input.
-    fn shell(&self, cmd: &str) -> Result<ShellOutput, AdbError> {
+    fn shell(&self, cmd: &str) -> Result<ShellOutput, DeviceError> {
         self.exec(cmd, None, &mut |_| {})
     }
 
@@ -78,13 +219,13 @@ pub trait Device: Send + Sync {
         remote: &str,
         mode: u32,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<u64, AdbError>;
+    ) -> Result<u64, DeviceError>;
 
     /// Copies the file `remote` into `out` (sync RECV); returns its size.
-    fn pull(&self, remote: &str, out: &mut dyn std::io::Write) -> Result<u64, AdbError>;
+    fn pull(&self, remote: &str, out: &mut dyn std::io::Write) -> Result<u64, DeviceError>;
 
     /// Metadata of `remote`, None when it does not exist (or the shell user cannot see it).
-    fn stat(&self, remote: &str) -> Result<Option<RemoteStat>, AdbError>;
+    fn stat(&self, remote: &str) -> Result<Option<RemoteStat>, DeviceError>;
 }
 
 /// Runs `cmds` in one shell on the phone and returns one [`ShellOutput`] per command, in order.
@@ -104,7 +245,7 @@ pub fn shell_batch(
     dev: &dyn Device,
     cmds: &[&str],
     root: bool,
-) -> Result<Vec<ShellOutput>, AdbError> {
+) -> Result<Vec<ShellOutput>, DeviceError> {
     let nonce = batch_nonce();
     let mut script = String::new();
     for (i, cmd) in cmds.iter().enumerate() {
@@ -234,22 +375,22 @@ mod tests {
         fn serial(&self) -> &str {
             "host"
         }
-        fn exec(
+        fn exec_streaming(
             &self,
             cmd: &str,
             _stdin: Option<&mut (dyn Read + Send)>,
             _progress: &mut (dyn FnMut(u64) + Send),
-        ) -> Result<ShellOutput, AdbError> {
+            stdout: &mut dyn Write,
+            stderr: &mut dyn Write,
+        ) -> Result<i32, DeviceError> {
             let o = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(cmd)
                 .output()
                 .expect("run sh");
-            Ok(ShellOutput {
-                status: o.status.code().unwrap_or(-1),
-                stdout: o.stdout,
-                stderr: o.stderr,
-            })
+            stdout.write_all(&o.stdout).unwrap();
+            stderr.write_all(&o.stderr).unwrap();
+            Ok(o.status.code().unwrap_or(-1))
         }
         fn push(
             &self,
@@ -257,13 +398,13 @@ mod tests {
             _: &str,
             _: u32,
             _: &mut dyn FnMut(u64),
-        ) -> Result<u64, AdbError> {
+        ) -> Result<u64, DeviceError> {
             unreachable!()
         }
-        fn pull(&self, _: &str, _: &mut dyn std::io::Write) -> Result<u64, AdbError> {
+        fn pull(&self, _: &str, _: &mut dyn std::io::Write) -> Result<u64, DeviceError> {
             unreachable!()
         }
-        fn stat(&self, _: &str) -> Result<Option<RemoteStat>, AdbError> {
+        fn stat(&self, _: &str) -> Result<Option<RemoteStat>, DeviceError> {
             unreachable!()
         }
     }

@@ -1,4 +1,8 @@
-//! Enrolment and the worker's lifecycle on a phone: enroll, status, start/stop, logs, unenroll.
+//! Enrolment: a phone becomes a worker, or an enrolled one is brought up to date.
+//!
+//! Plan, then apply. [`probe_installed`] reads what the phone is and has (one probe); [`plan`] —
+//! a pure function of that and of what is to be installed — decides what to send, whether to
+//! stop the worker first and whether to start it; [`apply`] does the I/O.
 //!
 //! Every write compares hashes first, so a re-enroll with nothing changed sends almost nothing.
 //! Root work goes through `su -c`: adbd runs as the shell user, which can write only to
@@ -10,108 +14,26 @@
 //! mid-push leaves the old rootfs in place. Streaming (rather than pushing the tarball, then
 //! unpacking it) lets the unpack run during the transfer, which over USB is the slow part.
 
-use crate::adb::{AdbDevice, AdbError};
-use crate::device::{Device, ShellOutput, as_root, sh_quote};
-use crate::doctor::{self, KernelChecker, Report, Verdict};
-use crate::layout;
+use crate::device::{Device, as_root};
+use crate::doctor::{self, Facts, Report, Verdict};
+use crate::error::PhoneError;
+use crate::hook;
+use crate::lifecycle::{
+    hashes_command, parse_hashes, remote, stop_worker, wait_running, write_files_command,
+};
 use bootstrap::NodeConfig;
-use bootstrap::exit::ExitClass;
-use bootstrap::node_config::Chroot;
-use bootstrap::progress::{Event, Progress};
-use node_runtime::status::{AgentState, Status};
-use sha2::{Digest, Sha256};
+use bootstrap::digest::sha256_hex;
+use bootstrap::layout::phone;
+use bootstrap::progress::{Progress, ProgressExt, human_bytes};
+use bootstrap::status::{AgentState, Status};
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// Why a phone operation failed. Each message names the phone and says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum PhoneError {
-    /// ADB failed (no server, no phone, unauthorized, connection lost...).
-    #[error(transparent)]
-    Adb(#[from] AdbError),
-    /// The preflight found a blocker.
-    #[error("phone {serial}: {first}{more}")]
-    NotReady {
-        /// The phone.
-        serial: String,
-        /// The first failing item, with its fix.
-        first: String,
-        /// " (and N more: run `phonectl doctor -s SERIAL`)" or empty.
-        more: String,
-        /// The full report.
-        report: Box<Report>,
-    },
-    /// A remote command failed.
-    #[error("phone {serial}: {what} failed: {message}{hint}")]
-    Remote {
-        /// The phone.
-        serial: String,
-        /// What was being done.
-        what: String,
-        /// The command's last error line.
-        message: String,
-        /// What to do.
-        hint: String,
-    },
-    /// A local file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Local {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The agent did not come up.
-    #[error(
-        "phone {serial}: the k3s agent is not running {secs} s after start (node-runtime says: {state}): see `phonectl logs -s {serial}`"
-    )]
-    NotRunning {
-        /// The phone.
-        serial: String,
-        /// How long we waited.
-        secs: u64,
-        /// The last state seen.
-        state: String,
-    },
-    /// The phone carries no armfleet worker.
-    #[error("phone {serial} is not enrolled: run `phonectl enroll -s {serial}` first")]
-    NotEnrolled {
-        /// The phone.
-        serial: String,
-    },
-    /// Something is still mounted under /data/armfleet; removing it would reach through the mount.
-    #[error(
-        "phone {serial}: still mounted under {base}: {mounts}: reboot the phone and run unenroll again"
-    )]
-    StillMounted {
-        /// The phone.
-        serial: String,
-        /// The base directory.
-        base: &'static str,
-        /// The mount points.
-        mounts: String,
-    },
-}
-
-impl PhoneError {
-    /// The exit class for this error.
-    pub fn exit_class(&self) -> ExitClass {
-        match self {
-            PhoneError::Adb(AdbError::SeveralDevices { .. } | AdbError::UnknownSerial { .. }) => {
-                ExitClass::Usage
-            }
-            PhoneError::Local { .. } => ExitClass::Usage,
-            PhoneError::Adb(AdbError::Protocol { .. }) => ExitClass::Internal,
-            _ => ExitClass::Device,
-        }
-    }
-}
 
 /// What to put on the phone.
 pub struct EnrollSpec<'a> {
-    /// node.toml for this phone (its chroot and data image paths are set to the phone layout).
+    /// node.toml for this phone (its chroot and data image at the phone layout's paths).
     pub config: NodeConfig,
     /// The k3s join token (written 0600, never on a command line).
     pub token: &'a str,
@@ -126,8 +48,6 @@ pub struct EnrollSpec<'a> {
     pub force: bool,
     /// How long to wait for the agent to run.
     pub wait: Duration,
-    /// The kernel config checker.
-    pub kernel: KernelChecker,
 }
 
 /// What an enroll did.
@@ -203,237 +123,270 @@ pub fn not_ready(report: Report, more: impl Fn(usize) -> String) -> PhoneError {
     }
 }
 
-/// Runs `cmd` as root and fails with a message naming `what` when it exits non-zero.
-pub fn root_ok(dev: &dyn Device, cmd: &str, what: &str) -> Result<ShellOutput, PhoneError> {
-    let out = dev.shell(&as_root(cmd))?;
-    if !out.success() {
-        return Err(remote(dev, what, &out, ""));
+/// A node.toml written for a phone must put the chroot and the data image where enroll installs
+/// them (a hand-written `--config` may not): refused with the key to fix rather than rewritten.
+pub fn check_phone_layout(config: &NodeConfig, origin: &str) -> Result<(), PhoneError> {
+    let bad = |key: &str, want: &str| {
+        Err(PhoneError::Usage(format!(
+            "{origin}: key `{key}` must be {want} on a phone (where phonectl installs it): fix the file, or enroll from the topology"
+        )))
+    };
+    match &config.chroot {
+        Some(c) if c.root == Path::new(phone::ROOTFS) => {}
+        _ => return bad("chroot.root", phone::ROOTFS),
     }
-    Ok(out)
-}
-
-fn remote(dev: &dyn Device, what: &str, out: &ShellOutput, hint: &str) -> PhoneError {
-    PhoneError::Remote {
-        serial: dev.serial().to_owned(),
-        what: what.to_owned(),
-        message: out.err_line(),
-        hint: hint.to_owned(),
-    }
-}
-
-/// Writes `content` to `path` as root with `mode` (an octal string), through stdin — never a
-/// command line — and `node-runtime write-files`, which renames it into place whole. The phone
-/// must have node-runtime.
-pub fn write_root_file(
-    dev: &dyn Device,
-    path: &str,
-    mode: &str,
-    content: &[u8],
-) -> Result<(), PhoneError> {
-    let cmd = as_root(&write_files_command(&[(path, mode, content)]));
-    let out = dev.exec(&cmd, Some(&mut &content[..]), &mut |_| {})?;
-    if !out.success() {
-        return Err(remote(dev, &format!("writing {path}"), &out, ""));
+    if let Some(img) = &config.k3s.data_image
+        && img.path != Path::new(phone::DATA_IMAGE)
+    {
+        return bad("k3s.data_image.path", phone::DATA_IMAGE);
     }
     Ok(())
 }
 
-/// The `node-runtime write-files` command taking `files` (path, octal mode, contents) from
-/// stdin, one after the other, each exactly its length.
-fn write_files_command(files: &[(&str, &str, &[u8])]) -> String {
-    let specs: Vec<String> = files
-        .iter()
-        .map(|(path, mode, content)| sh_quote(&format!("{path}:{mode}:{}", content.len())))
-        .collect();
-    format!(
-        "{} write-files --file {}",
-        layout::BIN,
-        specs.join(" --file ")
-    )
+/// A file enroll keeps current on the phone: where, with which mode, and what it must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedFile<'a> {
+    /// The step it belongs to in the summary (`config`, `token`, `boot hook`).
+    pub label: &'static str,
+    /// Its path on the phone.
+    pub path: String,
+    /// Octal mode (`0600`).
+    pub mode: &'static str,
+    /// The bytes it must hold.
+    pub content: &'a [u8],
 }
 
-/// The commands of `jobs`, each run only if the ones before succeeded.
-fn joined(jobs: &[(String, String)]) -> String {
-    let cmds: Vec<&str> = jobs.iter().map(|(_, c)| c.as_str()).collect();
-    cmds.join(" && ")
+/// What is to be installed, as hashes and sizes (the decision needs no more).
+#[derive(Debug, Clone)]
+pub struct Wanted<'a> {
+    /// sha256 of the node-runtime binary.
+    pub node_runtime_sha256: String,
+    /// sha256 and size of the rootfs tarball.
+    pub rootfs_sha256: String,
+    /// Its size in bytes.
+    pub rootfs_size: u64,
+    /// Bytes of the k3s data image node-runtime creates on a first start.
+    pub data_image_bytes: u64,
+    /// The small files, in the order they are written.
+    pub files: Vec<WantedFile<'a>>,
+    /// The token file's path on the phone (it is also among `files`).
+    pub token_path: String,
 }
 
-/// sha256 hex of bytes.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+/// What the phone has, from the probe.
+#[derive(Debug, Clone, Default)]
+pub struct Installed {
+    /// sha256 of each of armfleet's files that exists on the phone, by path (empty without root).
+    pub hashes: BTreeMap<String, String>,
+    /// The worker's status record as the phone's node-runtime reports it (liveness included).
+    pub status: Option<Status>,
 }
 
-/// sha256 hex of a local file.
-pub fn sha256_file(path: &Path) -> Result<String, PhoneError> {
-    let local = |source| PhoneError::Local {
-        path: path.to_owned(),
-        source,
+/// What [`apply`] will do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan<'a> {
+    /// Push the node-runtime binary.
+    pub node_runtime: bool,
+    /// Stream the rootfs (and write its marker).
+    pub rootfs: bool,
+    /// The small files to write (config, token, boot hook, the rootfs marker last).
+    pub writes: Vec<WantedFile<'a>>,
+    /// Stop the running (or backing-off) worker before anything is replaced.
+    pub stop_first: bool,
+    /// Remove `phonectl stop`'s flag.
+    pub clear_stopped_flag: bool,
+    /// Start node-runtime (it is not running the current configuration).
+    pub start: bool,
+    /// Summary lines: what changes and what is already current.
+    pub changed: Vec<String>,
+    /// What is already current.
+    pub unchanged: Vec<String>,
+    /// Free bytes needed on /data for this plan.
+    pub need_bytes: u64,
+}
+
+/// The marker file's content for a rootfs hash (what [`phone::ROOTFS_SHA`] holds).
+pub fn rootfs_marker(rootfs_sha256: &str) -> String {
+    format!("{rootfs_sha256}\n")
+}
+
+/// Decides what to send and do from what is wanted and what the phone has. Pure.
+pub fn plan<'a>(wanted: &Wanted<'a>, installed: &Installed) -> Plan<'a> {
+    let have = &installed.hashes;
+    let same = |path: &str, want: &str| have.get(path).map(String::as_str) == Some(want);
+    let mut changed: Vec<String> = Vec::new();
+    let mut unchanged: Vec<String> = Vec::new();
+    let note = |list: &mut Vec<String>, name: &str| {
+        if !list.iter().any(|c| c == name) {
+            list.push(name.to_owned());
+        }
     };
-    let mut f = std::fs::File::open(path).map_err(local)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(local)?;
-        if n == 0 {
-            break;
+
+    let node_runtime = !same(phone::BIN, &wanted.node_runtime_sha256);
+    note(
+        if node_runtime {
+            &mut changed
+        } else {
+            &mut unchanged
+        },
+        "node-runtime",
+    );
+    let marker = rootfs_marker(&wanted.rootfs_sha256);
+    let rootfs = !same(phone::ROOTFS_SHA, &sha256_hex(marker.as_bytes()));
+    note(if rootfs { &mut changed } else { &mut unchanged }, "rootfs");
+    let mut writes = Vec::new();
+    for f in &wanted.files {
+        // A fresh rootfs has no token in it.
+        let stale =
+            !same(&f.path, &sha256_hex(f.content)) || (rootfs && f.path == wanted.token_path);
+        if stale {
+            note(&mut changed, f.label);
+            writes.push(f.clone());
         }
-        h.update(&buf[..n]);
     }
-    Ok(hex::encode(h.finalize()))
+    for f in &wanted.files {
+        if !changed.iter().any(|c| c == f.label) {
+            note(&mut unchanged, f.label);
+        }
+    }
+
+    // Liveness as the phone judged it: a record left by a dead supervisor is not "running".
+    let status = installed.status.as_ref().filter(|s| s.live());
+    let running =
+        status.is_some_and(|s| matches!(s.state, AgentState::Running | AgentState::Preparing));
+    // Backing off or paused, a supervisor is still there (and its chroot mounted).
+    let supervised = status.is_some_and(|s| s.state != AgentState::Stopped);
+    let start = !(changed.is_empty() && running);
+    let enrolled_before = have.contains_key(phone::CONFIG);
+    // A worker must stop before its rootfs or config is replaced; a rootfs replaced under an
+    // earlier enrolment is stopped for too (its chroot may still be mounted).
+    let stop_first = start && (supervised || rootfs && enrolled_before);
+    // A rootfs expands to about 3x its gzip size and the old one stays until the new one is in;
+    // the data image is made on the first start.
+    let need_bytes = if rootfs { wanted.rootfs_size * 3 } else { 0 }
+        + if enrolled_before {
+            0
+        } else {
+            wanted.data_image_bytes
+        };
+    Plan {
+        node_runtime,
+        rootfs,
+        writes,
+        stop_first,
+        clear_stopped_flag: have.contains_key(phone::DISABLED),
+        start,
+        changed,
+        unchanged,
+        need_bytes,
+    }
 }
 
-/// The sha256 of each existing file among `paths` on the phone (root), by path.
-pub fn remote_hashes(
+/// Probes the phone (the doctor's facts) and reads what an earlier enroll installed, in the
+/// probe's own root shell: the hashes of armfleet's files, and node-runtime's status record.
+pub fn probe_installed(
     dev: &dyn Device,
-    paths: &[&str],
-) -> Result<BTreeMap<String, String>, PhoneError> {
-    let out = dev.shell(&as_root(&hashes_command(paths)))?;
-    Ok(parse_hashes(&out))
-}
-
-/// The (root) command behind [`remote_hashes`].
-fn hashes_command(paths: &[&str]) -> String {
-    let list: Vec<String> = paths.iter().map(|p| sh_quote(p)).collect();
-    // sha256sum exits non-zero when some file is missing; the lines it did print are what exists.
-    format!("sha256sum {} 2>/dev/null", list.join(" "))
-}
-
-fn parse_hashes(out: &ShellOutput) -> BTreeMap<String, String> {
-    let mut map = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if let Some((hash, path)) = line.split_once(char::is_whitespace) {
-            let path = path.trim_start().trim_start_matches('*');
-            if bootstrap::node_config::is_sha256_hex(hash) {
-                map.insert(path.to_owned(), hash.to_owned());
-            }
+    token_path: &str,
+) -> Result<(Facts, Installed), PhoneError> {
+    let hashes = hashes_command(&[
+        phone::BIN,
+        phone::CONFIG,
+        phone::ROOTFS_SHA,
+        token_path,
+        &hook::module_prop_path(),
+        &hook::service_path(),
+        phone::DISABLED,
+    ]);
+    let status = format!(
+        "[ -x {b} ] && {b} status --json --config {c} 2>/dev/null",
+        b = phone::BIN,
+        c = phone::CONFIG
+    );
+    let (facts, extra) = doctor::probe_with(dev, &[&hashes, &status])?;
+    let rooted = matches!(facts.root, doctor::Root::Granted(_));
+    let installed = if rooted {
+        Installed {
+            hashes: parse_hashes(&extra[0]),
+            status: serde_json::from_slice(&extra[1].stdout).ok(),
         }
-    }
-    map
+    } else {
+        Installed::default()
+    };
+    Ok((facts, installed))
 }
 
-/// Puts the phone layout into a node.toml made from the topology.
-pub fn phone_config(mut config: NodeConfig) -> NodeConfig {
-    let hostname = config.chroot.as_ref().and_then(|c| c.hostname.clone());
-    config.chroot = Some(Chroot {
-        root: layout::ROOTFS.into(),
-        hostname,
-    });
-    if let Some(img) = &mut config.k3s.data_image {
-        img.path = layout::DATA_IMAGE.into();
-    }
-    config
-}
-
-/// The root command that prints `node-runtime status --json`.
-fn status_cmd() -> String {
-    as_root(&format!(
-        "{} status --json --config {}",
-        layout::BIN,
-        layout::CONFIG
-    ))
-}
-
-/// Reads node-runtime's status record, None when there is none (never started, or not enrolled).
-pub fn read_status(dev: &dyn Device) -> Result<Option<Status>, PhoneError> {
-    let out = dev.shell(&status_cmd())?;
-    Ok(serde_json::from_slice::<Status>(&out.stdout).ok())
-}
-
-/// True when the phone carries node-runtime and its config.
-pub fn is_enrolled(dev: &dyn Device) -> Result<bool, PhoneError> {
-    let h = remote_hashes(dev, &[layout::BIN, layout::CONFIG])?;
-    Ok(h.len() == 2)
-}
-
-fn step(progress: &dyn Progress, name: &str, total: Option<u64>) {
-    progress.event(Event::StepStarted {
-        step: name.to_owned(),
-        total,
-    });
-}
-fn done(progress: &dyn Progress, name: &str, detail: String) {
-    progress.event(Event::StepFinished {
-        step: name.to_owned(),
-        detail,
-    });
-}
-fn skip(progress: &dyn Progress, name: &str, reason: &str) {
-    progress.event(Event::StepSkipped {
-        step: name.to_owned(),
-        reason: reason.to_owned(),
-    });
-}
-
-/// Enrolls the phone: preflight, then each piece only when it differs, then start and wait.
+/// Enrolls the phone: probe, plan, preflight verdict, apply, wait for the agent.
 pub fn enroll(
-    dev: &AdbDevice,
+    dev: &dyn Device,
     spec: &EnrollSpec,
     progress: &dyn Progress,
 ) -> Result<EnrollSummary, PhoneError> {
     let started = Instant::now();
     let sent0 = dev.bytes_sent();
     let serial = dev.serial().to_owned();
-    let config = phone_config(spec.config.clone());
+    let config = &spec.config;
+    check_phone_layout(config, "node.toml")?;
     let config_text = config.to_toml_string();
     let token_path = config
         .host_path(&config.server.token_file)
         .display()
         .to_string();
-    let module_prop = layout::module_prop();
-    let prop_path = format!("{}/module.prop", layout::MODULE_DIR);
-    let service_path = format!("{}/service.sh", layout::MODULE_DIR);
-    let mut changed = Vec::new();
-    let mut unchanged = Vec::new();
+    let module_prop = hook::module_prop();
     let mut laps = Laps::new();
 
-    // What is there already (read-only): decides the space needed and what to send.
-    step(progress, "inspect", None);
-    // The hashes of what an earlier enroll installed come back with the probe's root commands.
-    let installed = hashes_command(&[
-        layout::BIN,
-        layout::CONFIG,
-        layout::ROOTFS_SHA,
-        &token_path,
-        &prop_path,
-        &service_path,
-        layout::DISABLED,
-    ]);
-    let (facts, hashes) = doctor::probe_with(dev, Some(&installed))?;
-    laps.lap("doctor probe, remote hashes");
-    let rooted = matches!(facts.root, doctor::Root::Granted(_));
-    let have = if rooted {
-        parse_hashes(&hashes)
-    } else {
-        BTreeMap::new()
+    progress.step("inspect", None);
+    let (facts, installed) = probe_installed(dev, &token_path)?;
+    laps.lap("doctor probe, remote hashes, status");
+    let local = |path: &Path| {
+        let path = path.to_owned();
+        move |source| PhoneError::Local { path, source }
     };
-    let same = |path: &str, want: &str| have.get(path).map(String::as_str) == Some(want);
-    let rootfs_sha256 = (spec.rootfs_sha256)().map_err(|e| PhoneError::Local {
-        path: spec.rootfs.to_owned(),
-        source: std::io::Error::other(e),
-    })?;
-    let rootfs_marker = format!("{rootfs_sha256}\n");
-    let rootfs_current = same(layout::ROOTFS_SHA, &sha256_hex(rootfs_marker.as_bytes()));
-    let rootfs_size = std::fs::metadata(spec.rootfs)
-        .map_err(|source| PhoneError::Local {
-            path: spec.rootfs.to_owned(),
-            source,
-        })?
-        .len();
-    let image_bytes = config
-        .k3s
-        .data_image
-        .as_ref()
-        .map(|i| i.size_mib << 20)
-        .unwrap_or(0);
-    // A rootfs expands to about 3x its gzip size; the old one stays until the new one is in.
-    let need = if rootfs_current { 0 } else { rootfs_size * 3 }
-        + if have.contains_key(layout::CONFIG) {
-            0
-        } else {
-            image_bytes
-        };
-    let report = doctor::assess(&facts, need, spec.kernel);
-    done(progress, "inspect", format!("doctor: {}", report.overall));
+    let rootfs_sha256 =
+        (spec.rootfs_sha256)().map_err(|e| local(spec.rootfs)(std::io::Error::other(e)))?;
+    let wanted = Wanted {
+        node_runtime_sha256: bootstrap::digest::sha256_file(spec.node_runtime)
+            .map_err(local(spec.node_runtime))?,
+        rootfs_sha256: rootfs_sha256.clone(),
+        rootfs_size: std::fs::metadata(spec.rootfs)
+            .map_err(local(spec.rootfs))?
+            .len(),
+        data_image_bytes: config
+            .k3s
+            .data_image
+            .as_ref()
+            .map(|i| i.size_mib << 20)
+            .unwrap_or(0),
+        files: vec![
+            WantedFile {
+                label: "config",
+                path: phone::CONFIG.to_owned(),
+                mode: "0644",
+                content: config_text.as_bytes(),
+            },
+            WantedFile {
+                label: "token",
+                path: token_path.clone(),
+                mode: "0600",
+                content: spec.token.as_bytes(),
+            },
+            WantedFile {
+                label: "boot hook",
+                path: hook::module_prop_path(),
+                mode: "0644",
+                content: module_prop.as_bytes(),
+            },
+            WantedFile {
+                label: "boot hook",
+                path: hook::service_path(),
+                mode: "0755",
+                content: hook::SERVICE_SH.as_bytes(),
+            },
+        ],
+        token_path,
+    };
+    let plan = plan(&wanted, &installed);
+    let report = doctor::assess(&facts, plan.need_bytes);
+    progress.done("inspect", format!("doctor: {}", report.overall));
     let warnings: Vec<String> = report
         .items
         .iter()
@@ -441,6 +394,7 @@ pub fn enroll(
         .map(|i| format!("{}: {}", i.name, i.detail))
         .collect();
     let blockers = report.failures().count();
+    let rooted = matches!(facts.root, doctor::Root::Granted(_));
     // No root cannot be forced: nothing below can be done without it.
     if blockers > 0 && (!spec.force || !rooted) {
         return Err(not_ready(report, |n| {
@@ -448,249 +402,26 @@ pub fn enroll(
         }));
     }
     if blockers > 0 {
-        progress.event(Event::Note(format!(
+        progress.note(format!(
             "{serial}: --force: going on despite: {}",
             warnings.join("; ")
-        )));
+        ));
     }
-
     laps.lap("assess");
-    let mut install_bin: Option<String> = None;
-    // node-runtime: pushed where the shell user may write, then moved into place as root.
-    let nr_hash = sha256_file(spec.node_runtime)?;
-    if same(layout::BIN, &nr_hash) {
-        skip(progress, "node-runtime", "unchanged (sha256 matches)");
-        unchanged.push("node-runtime".to_owned());
-    } else {
-        let size = std::fs::metadata(spec.node_runtime).map(|m| m.len()).ok();
-        step(progress, "node-runtime", size);
-        let mut f = std::fs::File::open(spec.node_runtime).map_err(|source| PhoneError::Local {
-            path: spec.node_runtime.to_owned(),
-            source,
-        })?;
-        let sent = dev.push(&mut f, layout::STAGING_BIN, 0o755, &mut |n| {
-            progress.event(Event::Bytes {
-                step: "node-runtime".into(),
-                done: n,
-            })
-        })?;
-        let bin_dir = Path::new(layout::BIN)
-            .parent()
-            .unwrap()
-            .display()
-            .to_string();
-        // Moved into place by the one root shell below, not one of its own.
-        install_bin = Some(format!(
-            "mkdir -p {d} && cp {s} {b}.new && chmod 0755 {b}.new && mv -f {b}.new {b} && rm -f {s}",
-            d = bin_dir,
-            s = layout::STAGING_BIN,
-            b = layout::BIN
-        ));
-        done(progress, "node-runtime", doctor::human(sent));
-        changed.push("node-runtime".to_owned());
-    }
 
-    laps.lap("node-runtime");
-    // Everything else happens in one root shell (each `su` is a round trip and a hand-off to
-    // the root daemon): node-runtime moved into place, the rootfs streamed straight into
-    // `node-runtime unpack` (swapped in only when complete), then node.toml, the token, the
-    // boot hook and the rootfs marker by `node-runtime write-files` from the same stdin, the
-    // stopped flag cleared, the worker started. `&&` between them: a failure stops the rest,
-    // and every step leaves what was there intact until its own atomic swap.
-    let install_rootfs = !rootfs_current;
-    if install_rootfs {
-        changed.push("rootfs".to_owned());
-    } else {
-        skip(progress, "rootfs", "unchanged (sha256 matches)");
-        unchanged.push("rootfs".to_owned());
-    }
-    // A fresh rootfs has no token in it.
-    let token_needed = install_rootfs || !same(&token_path, &sha256_hex(spec.token.as_bytes()));
-    let mut writes: Vec<(String, &str, &[u8])> = Vec::new();
-    for (name, path, mode, content, need) in [
-        (
-            "config",
-            layout::CONFIG.to_owned(),
-            "0644",
-            config_text.as_bytes(),
-            !same(layout::CONFIG, &sha256_hex(config_text.as_bytes())),
-        ),
-        (
-            "token",
-            token_path.clone(),
-            "0600",
-            spec.token.as_bytes(),
-            token_needed,
-        ),
-        (
-            "boot hook",
-            prop_path.clone(),
-            "0644",
-            module_prop.as_bytes(),
-            !same(&prop_path, &sha256_hex(module_prop.as_bytes())),
-        ),
-        (
-            "boot hook",
-            service_path.clone(),
-            "0755",
-            layout::SERVICE_SH.as_bytes(),
-            !same(&service_path, &sha256_hex(layout::SERVICE_SH.as_bytes())),
-        ),
-    ] {
-        if need {
-            if !changed.iter().any(|c| c == name) {
-                changed.push(name.to_owned());
-            }
-            writes.push((path, mode, content));
-        } else {
-            skip(progress, name, "unchanged (sha256 matches)");
-            if !unchanged.iter().any(|c| c == name) && !changed.iter().any(|c| c == name) {
-                unchanged.push(name.to_owned());
-            }
-        }
-    }
-    // The marker that says which rootfs is installed: written with the files, after the unpack.
-    if install_rootfs {
-        writes.push((
-            layout::ROOTFS_SHA.to_owned(),
-            "0644",
-            rootfs_marker.as_bytes(),
-        ));
-    }
-
-    // A worker must stop before its rootfs or config is replaced. Only a phone that had
-    // node-runtime can run one: a first enroll need not ask.
-    let status = if have.contains_key(layout::BIN) {
-        read_status(dev)?
-    } else {
-        None
-    };
-    // Liveness as the phone judged it: a record left by a dead supervisor is not "running".
-    let running = status.as_ref().is_some_and(|s| {
-        s.live() && (s.state == AgentState::Running || s.state == AgentState::Preparing)
-    });
-    // Backing off or paused, a supervisor is still there (and its chroot mounted).
-    let supervised = status.is_some_and(|s| s.live() && s.state != AgentState::Stopped);
-    let start = !(changed.is_empty() && running);
-    if start && (supervised || install_rootfs && have.contains_key(layout::CONFIG)) {
-        stop_worker(dev)?;
-    }
-
-    let mut jobs: Vec<(String, String)> = Vec::new();
-    if let Some(install) = install_bin.take() {
-        jobs.push(("installing node-runtime".into(), install));
-    }
-    if install_rootfs {
-        jobs.push((
-            "installing the rootfs".into(),
-            format!(
-                "rm -f {m} && {b} unpack --bytes {n} --dest {r} --sha256 {h} >/dev/null",
-                m = layout::ROOTFS_SHA,
-                b = layout::BIN,
-                n = rootfs_size,
-                r = layout::ROOTFS,
-                h = rootfs_sha256
-            ),
-        ));
-    }
-    if !writes.is_empty() {
-        let files: Vec<(&str, &str, &[u8])> = writes
-            .iter()
-            .map(|(p, m, c)| (p.as_str(), *m, *c))
-            .collect();
-        let paths: Vec<&str> = files.iter().map(|(p, _, _)| *p).collect();
-        jobs.push((
-            format!("writing {}", paths.join(", ")),
-            write_files_command(&files),
-        ));
-    }
-    if have.contains_key(layout::DISABLED) {
-        jobs.push((
-            "clearing the stopped flag".into(),
-            format!("rm -f {}", layout::DISABLED),
-        ));
-    }
-    if start {
-        // The status record closes the shell: when it already says running, the wait below
-        // needs no round trip of its own. Only it goes to stdout (the others' reports are
-        // dropped; their errors stay on stderr).
-        jobs.push((
-            "starting node-runtime".into(),
-            format!(
-                "{b} run --detach --config {c} >/dev/null && {b} status --json --config {c}",
-                b = layout::BIN,
-                c = layout::CONFIG
-            ),
-        ));
-    }
-    let mut status_after_start: Option<Status> = None;
-    if !jobs.is_empty() {
-        let files: Vec<u8> = writes
-            .iter()
-            .flat_map(|(_, _, c)| c.iter().copied())
-            .collect();
-        let names: Vec<&str> = changed
-            .iter()
-            .map(String::as_str)
-            .filter(|c| *c != "node-runtime")
-            .collect();
-        let names = if names.is_empty() {
-            "start".to_owned()
-        } else {
-            names.join(", ")
-        };
-        // Progress counts the rootfs bytes when there is a rootfs, else the step as a whole.
-        step(progress, &names, install_rootfs.then_some(rootfs_size));
-        let out = if install_rootfs {
-            let rootfs = std::fs::File::open(spec.rootfs).map_err(|source| PhoneError::Local {
-                path: spec.rootfs.to_owned(),
-                source,
-            })?;
-            let mut input = rootfs.take(rootfs_size).chain(&files[..]);
-            let step_name = names.clone();
-            dev.exec(&as_root(&joined(&jobs)), Some(&mut input), &mut |n| {
-                progress.event(Event::Bytes {
-                    step: step_name.clone(),
-                    done: n.min(rootfs_size),
-                })
-            })?
-        } else {
-            dev.exec(&as_root(&joined(&jobs)), Some(&mut &files[..]), &mut |_| {})?
-        };
-        if !out.success() {
-            let what: Vec<&str> = jobs.iter().map(|(w, _)| w.as_str()).collect();
-            return Err(remote(
-                dev,
-                &what.join(", "),
-                &out,
-                ": each part swaps in whole or not at all (a failed unpack leaves the previous rootfs); rerun enroll",
-            ));
-        }
-        if start {
-            status_after_start = serde_json::from_slice::<Status>(&out.stdout).ok();
-        }
-        let detail = if install_rootfs {
-            doctor::human(rootfs_size)
-        } else {
-            String::new()
-        };
-        done(progress, &names, detail);
-    } else {
-        skip(progress, "start", "already running");
-    }
-    laps.lap("rootfs, config, token, boot hook, start");
-    step(progress, "wait", None);
+    let status_after_start = apply(dev, spec, &wanted, &plan, progress, &mut laps)?;
+    progress.step("wait", None);
     if !status_after_start.as_ref().is_some_and(Status::agent_up) {
         wait_running(dev, spec.wait)?;
     }
-    done(progress, "wait", "agent running".into());
+    progress.done("wait", "agent running".into());
     laps.lap("wait running");
 
     Ok(EnrollSummary {
         serial,
         node: config.node.name.clone(),
-        changed,
-        unchanged,
+        changed: plan.changed,
+        unchanged: plan.unchanged,
         bytes_sent: dev.bytes_sent() - sent0,
         seconds: started.elapsed().as_secs_f64(),
         warnings,
@@ -698,102 +429,314 @@ pub fn enroll(
     })
 }
 
-/// `node-runtime stop` (no error when it is not running).
-pub fn stop_worker(dev: &dyn Device) -> Result<(), PhoneError> {
-    let out = dev.shell(&as_root(&format!(
-        "{} stop --config {}",
-        layout::BIN,
-        layout::CONFIG
-    )))?;
-    if !out.success() {
-        // Distinguish "was not running" from a real failure by asking for the status again.
-        if let Some(s) = read_status(dev)?
-            && s.live()
-        {
-            return Err(remote(dev, "stopping the worker", &out, ""));
-        }
+/// Carries out `plan`: the node-runtime push, then one root shell that installs it, streams the
+/// rootfs into `node-runtime unpack`, writes the files, clears the stopped flag and starts the
+/// worker. Returns the status record the start printed, when it started one.
+fn apply(
+    dev: &dyn Device,
+    spec: &EnrollSpec,
+    wanted: &Wanted,
+    plan: &Plan,
+    progress: &dyn Progress,
+    laps: &mut Laps,
+) -> Result<Option<Status>, PhoneError> {
+    let local = |path: &Path| {
+        let path = path.to_owned();
+        move |source| PhoneError::Local { path, source }
+    };
+    let mut jobs: Vec<(String, String)> = Vec::new();
+    // node-runtime: pushed where the shell user may write, then moved into place as root by the
+    // one root shell below.
+    if plan.node_runtime {
+        let size = std::fs::metadata(spec.node_runtime).map(|m| m.len()).ok();
+        progress.step("node-runtime", size);
+        let mut f = std::fs::File::open(spec.node_runtime).map_err(local(spec.node_runtime))?;
+        let sent = dev.push(&mut f, phone::STAGING_BIN, 0o755, &mut |n| {
+            progress.bytes("node-runtime", n)
+        })?;
+        let bin_dir = Path::new(phone::BIN).parent().unwrap_or(Path::new("/"));
+        jobs.push((
+            "installing node-runtime".into(),
+            format!(
+                "mkdir -p {d} && cp {s} {b}.new && chmod 0755 {b}.new && mv -f {b}.new {b} && rm -f {s}",
+                d = bin_dir.display(),
+                s = phone::STAGING_BIN,
+                b = phone::BIN
+            ),
+        ));
+        progress.done("node-runtime", human_bytes(sent));
+    } else {
+        progress.skip("node-runtime", "unchanged (sha256 matches)");
     }
-    Ok(())
-}
+    laps.lap("node-runtime");
 
-/// `node-runtime run --detach`.
-pub fn start_worker(dev: &dyn Device) -> Result<(), PhoneError> {
-    root_ok(
-        dev,
-        &format!("{} run --detach --config {}", layout::BIN, layout::CONFIG),
-        "starting node-runtime",
-    )?;
-    Ok(())
-}
-
-/// Polls `node-runtime status` until the agent runs, or fails after `wait`.
-pub fn wait_running(dev: &dyn Device, wait: Duration) -> Result<Status, PhoneError> {
-    let until = Instant::now() + wait;
-    let mut last = "no status yet".to_owned();
-    loop {
-        if let Some(s) = read_status(dev)? {
-            if s.agent_up() {
-                return Ok(s);
-            }
-            let note = s
-                .message
-                .as_ref()
-                .map(|m| format!(", {m}"))
-                .unwrap_or_default();
-            last = if s.live() {
-                format!("{:?}{note}", s.state).to_lowercase()
-            } else {
-                format!(
-                    "node-runtime (pid {}) is not running; its last record says {:?}{note}",
-                    s.pid, s.state
-                )
-                .to_lowercase()
-            };
-        }
-        if Instant::now() >= until {
-            return Err(PhoneError::NotRunning {
-                serial: dev.serial().to_owned(),
-                secs: wait.as_secs(),
-                state: last,
-            });
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// Removes everything enroll put on the phone. Safe to rerun.
-pub fn unenroll(dev: &dyn Device, progress: &dyn Progress) -> Result<(), PhoneError> {
-    let serial = dev.serial().to_owned();
-    step(progress, "stop", None);
-    if remote_hashes(dev, &[layout::BIN])?.contains_key(layout::BIN) {
+    if plan.stop_first {
         stop_worker(dev)?;
     }
-    done(progress, "stop", String::new());
-    // rm -rf does not stop at mount points: refuse while anything is mounted below the base.
-    let mounts = root_ok(dev, "cat /proc/mounts", "reading mounts")?.out();
-    let below: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter(|m| *m == layout::BASE || m.starts_with(&format!("{}/", layout::BASE)))
+    // Everything else happens in one root shell (each `su` is a round trip and a hand-off to
+    // the root daemon). `&&` between the jobs: a failure stops the rest, and every job leaves
+    // what was there intact until its own atomic swap.
+    let marker = rootfs_marker(&wanted.rootfs_sha256);
+    let mut writes: Vec<(&str, &str, &[u8])> = plan
+        .writes
+        .iter()
+        .map(|f| (f.path.as_str(), f.mode, f.content))
         .collect();
-    if !below.is_empty() {
-        return Err(PhoneError::StillMounted {
-            serial,
-            base: layout::BASE,
-            mounts: below.join(", "),
-        });
+    if plan.rootfs {
+        jobs.push((
+            "installing the rootfs".into(),
+            format!(
+                "rm -f {m} && {b} unpack --bytes {n} --dest {r} --sha256 {h} >/dev/null",
+                m = phone::ROOTFS_SHA,
+                b = phone::BIN,
+                n = wanted.rootfs_size,
+                r = phone::ROOTFS,
+                h = wanted.rootfs_sha256
+            ),
+        ));
+        // The marker that says which rootfs is installed: written after the unpack.
+        writes.push((phone::ROOTFS_SHA, "0644", marker.as_bytes()));
+    } else {
+        progress.skip("rootfs", "unchanged (sha256 matches)");
     }
-    step(progress, "remove", None);
-    root_ok(
-        dev,
-        &format!(
-            "rm -rf {} {} {}",
-            layout::MODULE_DIR,
-            layout::BASE,
-            layout::STAGING_BIN
-        ),
-        "removing armfleet",
-    )?;
-    done(progress, "remove", String::new());
-    Ok(())
+    for label in &plan.unchanged {
+        if label != "node-runtime" && label != "rootfs" {
+            progress.skip(label, "unchanged (sha256 matches)");
+        }
+    }
+    if !writes.is_empty() {
+        let paths: Vec<&str> = writes.iter().map(|(p, _, _)| *p).collect();
+        jobs.push((
+            format!("writing {}", paths.join(", ")),
+            write_files_command(&writes),
+        ));
+    }
+    if plan.clear_stopped_flag {
+        jobs.push((
+            "clearing the stopped flag".into(),
+            format!("rm -f {}", phone::DISABLED),
+        ));
+    }
+    if plan.start {
+        // The status record closes the shell: when it already says running, the wait needs no
+        // round trip of its own. Only it goes to stdout (the others' reports are dropped; their
+        // errors stay on stderr).
+        jobs.push((
+            "starting node-runtime".into(),
+            format!(
+                "{b} run --detach --config {c} >/dev/null && {b} status --json --config {c}",
+                b = phone::BIN,
+                c = phone::CONFIG
+            ),
+        ));
+    }
+    if jobs.is_empty() {
+        progress.skip("start", "already running");
+        return Ok(None);
+    }
+    let files: Vec<u8> = writes
+        .iter()
+        .flat_map(|(_, _, c)| c.iter().copied())
+        .collect();
+    let names: Vec<&str> = plan
+        .changed
+        .iter()
+        .map(String::as_str)
+        .filter(|c| *c != "node-runtime")
+        .collect();
+    let names = if names.is_empty() {
+        "start".to_owned()
+    } else {
+        names.join(", ")
+    };
+    let script = as_root(
+        &jobs
+            .iter()
+            .map(|(_, c)| c.as_str())
+            .collect::<Vec<_>>()
+            .join(" && "),
+    );
+    // Progress counts the rootfs bytes when there is a rootfs, else the step as a whole.
+    progress.step(&names, plan.rootfs.then_some(wanted.rootfs_size));
+    let out = if plan.rootfs {
+        let rootfs = std::fs::File::open(spec.rootfs).map_err(local(spec.rootfs))?;
+        let size = wanted.rootfs_size;
+        let mut input = rootfs.take(size).chain(&files[..]);
+        dev.exec(&script, Some(&mut input), &mut |n| {
+            progress.bytes(&names, n.min(size))
+        })?
+    } else {
+        dev.exec(&script, Some(&mut &files[..]), &mut |_| {})?
+    };
+    if !out.success() {
+        let what: Vec<&str> = jobs.iter().map(|(w, _)| w.as_str()).collect();
+        return Err(remote(
+            dev,
+            &what.join(", "),
+            &out,
+            ": each part swaps in whole or not at all (a failed unpack leaves the previous rootfs); rerun enroll",
+        ));
+    }
+    progress.done(
+        &names,
+        if plan.rootfs {
+            human_bytes(wanted.rootfs_size)
+        } else {
+            String::new()
+        },
+    );
+    laps.lap("rootfs, config, token, boot hook, start");
+    Ok(plan
+        .start
+        .then(|| serde_json::from_slice::<Status>(&out.stdout).ok())
+        .flatten())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &[u8] = b"K10abc::server:pw";
+
+    fn wanted() -> Wanted<'static> {
+        Wanted {
+            node_runtime_sha256: "1".repeat(64),
+            rootfs_sha256: "2".repeat(64),
+            rootfs_size: 100 << 20,
+            data_image_bytes: 8 << 30,
+            files: vec![
+                WantedFile {
+                    label: "config",
+                    path: phone::CONFIG.into(),
+                    mode: "0644",
+                    content: b"[node]\n",
+                },
+                WantedFile {
+                    label: "token",
+                    path: "/data/armfleet/rootfs/etc/armfleet/token".into(),
+                    mode: "0600",
+                    content: TOKEN,
+                },
+                WantedFile {
+                    label: "boot hook",
+                    path: hook::service_path(),
+                    mode: "0755",
+                    content: b"#!/bin/sh\n",
+                },
+            ],
+            token_path: "/data/armfleet/rootfs/etc/armfleet/token".into(),
+        }
+    }
+
+    /// The phone as a complete enroll of `wanted` leaves it, its worker in `state`.
+    fn enrolled(w: &Wanted, state: AgentState, live: bool) -> Installed {
+        let mut hashes = BTreeMap::new();
+        hashes.insert(phone::BIN.to_owned(), w.node_runtime_sha256.clone());
+        hashes.insert(
+            phone::ROOTFS_SHA.to_owned(),
+            sha256_hex(rootfs_marker(&w.rootfs_sha256).as_bytes()),
+        );
+        for f in &w.files {
+            hashes.insert(f.path.clone(), sha256_hex(f.content));
+        }
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "schema": 1, "version": "0", "node_name": "phone-1", "pid": 42, "started_at": 0,
+            "updated_at": 0, "state": state, "agent_pid": 43, "healthy": true, "healthz": "ok",
+            "restarts": 0, "last_exit": null, "node_ip": null, "battery": null, "message": null,
+            "supervisor_running": live
+        }))
+        .unwrap();
+        Installed {
+            hashes,
+            status: Some(status),
+        }
+    }
+
+    fn labels<'a>(p: &'a Plan<'a>) -> Vec<&'static str> {
+        p.writes.iter().map(|f| f.label).collect()
+    }
+
+    #[test]
+    fn fresh_phone_gets_everything_and_a_start() {
+        let w = wanted();
+        let p = plan(&w, &Installed::default());
+        assert!(p.node_runtime && p.rootfs && p.start);
+        assert!(!p.stop_first, "nothing to stop on a fresh phone");
+        assert_eq!(labels(&p), ["config", "token", "boot hook"]);
+        assert_eq!(p.need_bytes, w.rootfs_size * 3 + w.data_image_bytes);
+        assert!(p.unchanged.is_empty());
+    }
+
+    #[test]
+    fn unchanged_running_worker_is_left_alone() {
+        let w = wanted();
+        let p = plan(&w, &enrolled(&w, AgentState::Running, true));
+        assert!(!p.node_runtime && !p.rootfs && !p.start && !p.stop_first);
+        assert!(p.writes.is_empty() && p.changed.is_empty());
+        assert_eq!(p.need_bytes, 0);
+        assert_eq!(
+            p.unchanged,
+            ["node-runtime", "rootfs", "config", "token", "boot hook"]
+        );
+    }
+
+    #[test]
+    fn a_new_rootfs_stops_the_worker_and_rewrites_the_token() {
+        let w = wanted();
+        let mut installed = enrolled(&w, AgentState::Running, true);
+        installed
+            .hashes
+            .insert(phone::ROOTFS_SHA.into(), "9".repeat(64));
+        let p = plan(&w, &installed);
+        assert!(p.rootfs && p.stop_first && p.start && !p.node_runtime);
+        // The token lives in the rootfs: a new rootfs needs it again, though its hash matched.
+        assert_eq!(labels(&p), ["token"]);
+        assert_eq!(p.need_bytes, w.rootfs_size * 3, "no new data image");
+    }
+
+    #[test]
+    fn a_changed_config_restarts_without_sending_the_rootfs() {
+        let w = wanted();
+        let mut installed = enrolled(&w, AgentState::Running, true);
+        installed
+            .hashes
+            .insert(phone::CONFIG.into(), "8".repeat(64));
+        let p = plan(&w, &installed);
+        assert!(!p.rootfs && !p.node_runtime);
+        assert!(p.stop_first && p.start);
+        assert_eq!(labels(&p), ["config"]);
+        assert_eq!(p.changed, ["config"]);
+    }
+
+    #[test]
+    fn a_stopped_worker_is_started_and_its_flag_cleared() {
+        let w = wanted();
+        let mut installed = enrolled(&w, AgentState::Stopped, false);
+        installed
+            .hashes
+            .insert(phone::DISABLED.into(), "7".repeat(64));
+        let p = plan(&w, &installed);
+        assert!(p.start && p.clear_stopped_flag);
+        assert!(!p.stop_first, "nothing runs to stop");
+        assert!(p.writes.is_empty());
+    }
+
+    #[test]
+    fn a_dead_supervisors_running_record_does_not_count() {
+        let w = wanted();
+        let p = plan(&w, &enrolled(&w, AgentState::Running, false));
+        assert!(p.start, "the record says running, but its writer is dead");
+        assert!(!p.stop_first);
+    }
+
+    #[test]
+    fn a_hand_written_config_must_use_the_phone_layout() {
+        let text = "[node]\nname = \"p\"\nkind = \"phone\"\n[server]\nurl = \"https://10.0.0.1:6443\"\n[chroot]\nroot = \"/data/elsewhere\"\n";
+        let c = NodeConfig::from_toml_str(text, "n.toml").unwrap();
+        let e = check_phone_layout(&c, "n.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("chroot.root") && e.contains(phone::ROOTFS),
+            "{e}"
+        );
+    }
 }

@@ -22,3 +22,10 @@ impl ExitClass {
         }
     }
 }
+
+/// An error that knows its exit class; the binaries turn any such error into their one error line
+/// and exit code the same way.
+pub trait Classify {
+    /// The class, hence the exit code.
+    fn exit_class(&self) -> ExitClass;
+}

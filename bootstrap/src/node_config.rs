@@ -7,6 +7,7 @@
 //! Unknown keys are errors (a typo must not silently drop a setting), and every error names the
 //! file, the line and the key.
 
+use crate::layout::worker;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -15,9 +16,6 @@ use std::path::{Path, PathBuf};
 /// The longest wait `node.toml` may ask for (a stop grace, a backoff cap), in seconds: a day. Beyond
 /// it a value is a typo, and timers built from it must not overflow.
 pub const MAX_WAIT_SECS: u64 = 86_400;
-
-/// Where `node.toml` lives on a Pi (and inside a phone's chroot).
-pub const DEFAULT_CONFIG_PATH: &str = "/etc/armfleet/node.toml";
 
 /// The whole of `node.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -227,16 +225,16 @@ fn yes() -> bool {
     true
 }
 fn default_status_file() -> PathBuf {
-    "/var/lib/armfleet/status.json".into()
+    worker::STATUS_FILE.into()
 }
 fn default_token_file() -> PathBuf {
-    "/etc/armfleet/token".into()
+    worker::TOKEN_FILE.into()
 }
 fn default_k3s_bin() -> PathBuf {
-    "/usr/local/bin/k3s".into()
+    worker::K3S_BIN.into()
 }
 fn default_data_dir() -> PathBuf {
-    "/var/lib/rancher/k3s".into()
+    worker::K3S_DATA_DIR.into()
 }
 fn default_charge_stop() -> u8 {
     80
@@ -269,7 +267,7 @@ fn default_healthz_port() -> u16 {
     10248
 }
 fn default_log_dir() -> PathBuf {
-    "/var/log/armfleet".into()
+    worker::LOG_DIR.into()
 }
 fn default_log_max_bytes() -> u64 {
     4 * 1024 * 1024

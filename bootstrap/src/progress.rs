@@ -43,6 +43,44 @@ pub trait Progress: Send + Sync {
     fn event(&self, event: Event);
 }
 
+/// Shorthands for emitting events, for every sink.
+pub trait ProgressExt: Progress {
+    /// [`Event::StepStarted`].
+    fn step(&self, step: &str, total: Option<u64>) {
+        self.event(Event::StepStarted {
+            step: step.to_owned(),
+            total,
+        });
+    }
+    /// [`Event::StepFinished`].
+    fn done(&self, step: &str, detail: String) {
+        self.event(Event::StepFinished {
+            step: step.to_owned(),
+            detail,
+        });
+    }
+    /// [`Event::StepSkipped`].
+    fn skip(&self, step: &str, reason: &str) {
+        self.event(Event::StepSkipped {
+            step: step.to_owned(),
+            reason: reason.to_owned(),
+        });
+    }
+    /// [`Event::Bytes`].
+    fn bytes(&self, step: &str, done: u64) {
+        self.event(Event::Bytes {
+            step: step.to_owned(),
+            done,
+        });
+    }
+    /// [`Event::Note`].
+    fn note(&self, text: String) {
+        self.event(Event::Note(text));
+    }
+}
+
+impl<P: Progress + ?Sized> ProgressExt for P {}
+
 /// A sink that drops everything; the default for library callers that do not care.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Silent;
@@ -54,5 +92,21 @@ impl Progress for Silent {
 impl<F: Fn(Event) + Send + Sync> Progress for F {
     fn event(&self, event: Event) {
         self(event)
+    }
+}
+
+/// A byte count for people: `512 B`, `12.3 MiB`. The one formatter every tool uses.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }

@@ -13,9 +13,10 @@
 //!   hashes the inputs, finds the manifest and returns.
 
 use crate::digest::{FileLock, HashingWriter, sha256_file, sync_parent};
-use crate::download::{DownloadError, human_bytes};
+use crate::download::DownloadError;
+use crate::layout;
 use crate::pgz::ParallelGzWriter;
-use crate::progress::{Event, Progress};
+use crate::progress::{Event, Progress, human_bytes};
 use crate::unit;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -23,7 +24,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 /// Packages on top of minbase: what k3s and the workers need.
@@ -324,12 +324,9 @@ struct OverlayEntry {
     kind: OverlayKind,
 }
 
-/// Directories armfleet owns in every rootfs.
-pub const OVERLAY_DIRS: &[&str] = &["etc/armfleet", "var/lib/armfleet", "var/log/armfleet"];
-
 fn overlay_entries(inputs: &OverlayInputs) -> Vec<OverlayEntry> {
     let rel = |p: &str| p.trim_start_matches('/').to_owned();
-    let mut out: Vec<OverlayEntry> = OVERLAY_DIRS
+    let mut out: Vec<OverlayEntry> = layout::worker::OVERLAY_DIRS
         .iter()
         .map(|d| OverlayEntry {
             path: d.to_string(),
@@ -338,7 +335,7 @@ fn overlay_entries(inputs: &OverlayInputs) -> Vec<OverlayEntry> {
         })
         .collect();
     out.push(OverlayEntry {
-        path: rel(unit::NODE_RUNTIME_BIN),
+        path: rel(layout::worker::NODE_RUNTIME_BIN),
         mode: 0o755,
         kind: OverlayKind::File(FileSource::Path(inputs.node_runtime.clone())),
     });
@@ -350,14 +347,14 @@ fn overlay_entries(inputs: &OverlayInputs) -> Vec<OverlayEntry> {
         });
     }
     out.push(OverlayEntry {
-        path: rel(unit::UNIT_PATH),
+        path: rel(layout::worker::UNIT_PATH),
         mode: 0o644,
         kind: OverlayKind::File(FileSource::Text(unit::SYSTEMD_UNIT)),
     });
     out.push(OverlayEntry {
-        path: rel(unit::UNIT_WANTS_LINK),
+        path: rel(layout::worker::UNIT_WANTS_LINK),
         mode: 0o777,
-        kind: OverlayKind::Symlink(unit::UNIT_PATH.into()),
+        kind: OverlayKind::Symlink(layout::worker::UNIT_PATH.into()),
     });
     out
 }
@@ -983,7 +980,9 @@ fn run_mmdebstrap(
     tar: &Path,
     progress: &dyn Progress,
 ) -> Result<(), RootfsError> {
-    let which = Command::new("mmdebstrap").arg("--version").output();
+    let which = crate::process::command("mmdebstrap")
+        .arg("--version")
+        .output();
     if which.is_err() {
         return Err(RootfsError::NoMmdebstrap);
     }
@@ -996,7 +995,7 @@ fn run_mmdebstrap(
     let log = dir.join("mmdebstrap.log");
     let log_file = File::create(&log).map_err(io_at(&log))?;
     let tmp = dir.join("base.tar.tmp");
-    let mut cmd = Command::new("mmdebstrap");
+    let mut cmd = crate::process::command("mmdebstrap");
     cmd.arg("--variant=minbase")
         .arg("--arch=arm64")
         .arg("--format=tar")

@@ -9,7 +9,7 @@ use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 /// A secret string: shown as `<redacted>` by `Debug` and `Display`. Use [`Secret::expose`] only to
@@ -193,7 +193,7 @@ pub(crate) fn read_sops(
     path: &Path,
     key: Option<&str>,
 ) -> Result<Secret, TokenError> {
-    let mut cmd = Command::new(program);
+    let mut cmd = crate::process::command(program);
     cmd.arg("--decrypt");
     if let Some(k) = key {
         cmd.arg("--extract")
@@ -628,7 +628,7 @@ mod tests {
             "{msg}"
         );
         // The real lookup says the same on a machine without sops (this one).
-        if Command::new("sops").arg("--version").output().is_err() {
+        if std::process::Command::new("sops").arg("--version").output().is_err() {
             let err = SecretSource::Sops {
                 path: "k.sops.yaml".into(),
                 key: None,

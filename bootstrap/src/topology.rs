@@ -6,6 +6,7 @@
 //! `bootstrap/topology/default.toml`); `--topology FILE` or `ARMFLEET_TOPOLOGY` choose another.
 //! Every error names the file, the line and the key.
 
+use crate::layout;
 use crate::node_config::{
     Chroot, DataImage, K3s, Logs, Network, Node, NodeConfig, NodeKind, Power, Server, Supervise,
     is_dns_label, is_sha256_hex,
@@ -30,17 +31,6 @@ pub const KNOWN_BOARDS: &[&str] = &["rpi4", "rpi3a"];
 
 /// Taint every phone carries: only workloads that tolerate phones land there.
 pub const PHONE_TAINT: &str = "armfleet.io/phone=true:NoSchedule";
-
-/// Where a Pi's token can be dropped on the FAT boot partition after flashing (node-runtime
-/// moves it to the 0600 token file at start).
-pub const PI_TOKEN_DROP: &str = "/boot/firmware/armfleet-token";
-
-/// The phone's on-device layout (see interfaces: B, C, E agree on it).
-pub const PHONE_ROOTFS: &str = "/data/armfleet/rootfs";
-/// The ext4 image holding the k3s data dir on a phone (f2fs breaks overlayfs).
-pub const PHONE_DATA_IMAGE: &str = "/data/armfleet/k3s-data.img";
-/// Default size of that image.
-pub const PHONE_DATA_IMAGE_MIB: u64 = 8192;
 
 /// Why a topology cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -951,7 +941,7 @@ impl Topology {
                 labels: rp.labels.clone(),
                 taints: rp.taints.clone(),
                 power: rp.power.clone().unwrap_or_default(),
-                data_image_mib: rp.data_image_mib.unwrap_or(PHONE_DATA_IMAGE_MIB),
+                data_image_mib: rp.data_image_mib.unwrap_or(layout::phone::DATA_IMAGE_MIB),
             });
         }
 
@@ -1101,8 +1091,8 @@ impl NodeConfig {
             },
             server: Server {
                 url: topology.cluster.server.clone(),
-                token_file: "/etc/armfleet/token".into(),
-                token_drop: Some(PI_TOKEN_DROP.into()),
+                token_file: layout::worker::TOKEN_FILE.into(),
+                token_drop: Some(layout::pi::TOKEN_DROP.into()),
             },
             k3s: topology.k3s_section(),
             network: Network {
@@ -1121,7 +1111,7 @@ impl NodeConfig {
             power: None,
             supervise: Supervise::default(),
             logs: Logs::default(),
-            status_file: "/var/lib/armfleet/status.json".into(),
+            status_file: layout::worker::STATUS_FILE.into(),
         };
         config.validate(&format!("{} (host {name})", topology.origin))?;
         Ok(config)
@@ -1174,7 +1164,7 @@ impl NodeConfig {
             labels: BTreeMap::new(),
             taints: Vec::new(),
             power: Power::default(),
-            data_image_mib: PHONE_DATA_IMAGE_MIB,
+            data_image_mib: layout::phone::DATA_IMAGE_MIB,
         };
         phone_config(topology, &phone)
     }
@@ -1197,12 +1187,12 @@ fn phone_config(topology: &Topology, phone: &Phone) -> Result<NodeConfig, Topolo
         server: Server {
             url: topology.cluster.server.clone(),
             // Inside the chroot: /data/armfleet/rootfs/etc/armfleet/token on the phone.
-            token_file: "/etc/armfleet/token".into(),
+            token_file: layout::worker::TOKEN_FILE.into(),
             token_drop: None,
         },
         k3s: K3s {
             data_image: Some(DataImage {
-                path: PHONE_DATA_IMAGE.into(),
+                path: layout::phone::DATA_IMAGE.into(),
                 size_mib: phone.data_image_mib,
             }),
             ..topology.k3s_section()
@@ -1220,13 +1210,13 @@ fn phone_config(topology: &Topology, phone: &Phone) -> Result<NodeConfig, Topolo
         labels,
         taints,
         chroot: Some(Chroot {
-            root: PHONE_ROOTFS.into(),
+            root: layout::phone::ROOTFS.into(),
             hostname: Some(phone.name.clone()),
         }),
         power: Some(phone.power.clone()),
         supervise: Supervise::default(),
         logs: Logs::default(),
-        status_file: "/var/lib/armfleet/status.json".into(),
+        status_file: layout::worker::STATUS_FILE.into(),
     };
     config.validate(&format!("{} (phone {})", topology.origin, phone.name))?;
     Ok(config)

@@ -1,17 +1,8 @@
 //! The systemd unit that starts `node-runtime` on a Pi. `node-runtime unit` prints it; the rootfs
-//! overlay installs it at [`UNIT_PATH`] and enables it with the symlink at [`UNIT_WANTS_LINK`].
+//! overlay installs it at [`crate::layout::worker::UNIT_PATH`] and enables it with the symlink at
+//! [`crate::layout::worker::UNIT_WANTS_LINK`].
 //!
 //! The join token is not in it: node-runtime passes `--token-file` to k3s itself.
-
-/// Where the unit is installed in the node rootfs.
-pub const UNIT_PATH: &str = "/etc/systemd/system/node-runtime.service";
-
-/// The symlink that enables it (what `systemctl enable` would create).
-pub const UNIT_WANTS_LINK: &str =
-    "/etc/systemd/system/multi-user.target.wants/node-runtime.service";
-
-/// Where the overlay installs the node-runtime binary.
-pub const NODE_RUNTIME_BIN: &str = "/usr/local/bin/node-runtime";
 
 /// The unit text.
 pub const SYSTEMD_UNIT: &str = "\
@@ -47,6 +38,7 @@ WantedBy=multi-user.target
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::worker::{CONFIG, NODE_RUNTIME_BIN, UNIT_PATH, UNIT_WANTS_LINK};
 
     #[test]
     fn unit_runs_node_runtime_after_network_and_always_restarts() {
@@ -59,13 +51,7 @@ mod tests {
         assert!(lines.contains(&"KillMode=mixed"));
         assert!(!lines.iter().any(|l| l.starts_with("KillMode=process")));
         assert!(
-            lines.contains(
-                &format!(
-                    "ExecStart={NODE_RUNTIME_BIN} run --config {}",
-                    crate::node_config::DEFAULT_CONFIG_PATH
-                )
-                .as_str()
-            )
+            lines.contains(&format!("ExecStart={NODE_RUNTIME_BIN} run --config {CONFIG}").as_str())
         );
         assert!(
             !SYSTEMD_UNIT.to_ascii_lowercase().contains("token"),

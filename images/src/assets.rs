@@ -10,7 +10,6 @@ use bootstrap::progress::{Event, Progress};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The Debian packages an image is made from (binary package name, architecture).
 pub const PACKAGES: &[(&str, &str)] = &[
@@ -178,7 +177,7 @@ fn missing(what: &str, package: &str) -> ImageError {
 
 /// `Package` field of a `.deb` (the versioned name for the kernel).
 fn package_of(deb: &Path) -> Option<String> {
-    let out = Command::new("dpkg-deb")
+    let out = bootstrap::process::command("dpkg-deb")
         .args(["-f"])
         .arg(deb)
         .arg("Package")
@@ -284,7 +283,10 @@ fn fetch_apt(cache: &Path, progress: &dyn Progress) -> Result<Vec<(String, PathB
         if *name == "linux-image-arm64" {
             // The metapackage only depends on the versioned kernel package; fetch that one.
             let depends = run(
-                Command::new("dpkg-deb").arg("-f").arg(&file).arg("Depends"),
+                bootstrap::process::command("dpkg-deb")
+                    .arg("-f")
+                    .arg(&file)
+                    .arg("Depends"),
                 "dpkg-deb",
             )?;
             let dep = depends.split(',').next().unwrap_or("").trim();
@@ -340,7 +342,7 @@ fn apt_download(cache: &Path, spec: &str, name: &str) -> Result<PathBuf, ImageEr
         .prefix(".download-")
         .tempdir_in(cache)
         .map_err(io(cache))?;
-    let out = Command::new("apt-get")
+    let out = bootstrap::process::command("apt-get")
         .args(["download", "-q", spec])
         .current_dir(tmp.path())
         .output()
@@ -401,7 +403,10 @@ fn unpack(
     let tmp = root.join(format!(".{}.tmp", &sha[..32]));
     let _ = std::fs::remove_dir_all(&tmp);
     run(
-        Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp),
+        bootstrap::process::command("dpkg-deb")
+            .arg("-x")
+            .arg(deb)
+            .arg(&tmp),
         "dpkg-deb",
     )?;
     std::fs::write(tmp.join(".complete"), b"").map_err(io(&tmp))?;

@@ -13,17 +13,13 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const MIB: u64 = 1 << 20;
 /// Partitions start and end on 4 MiB boundaries (SD card allocation units).
 pub const ALIGN_MIB: u64 = 4;
 /// Timestamp of every file when `SOURCE_DATE_EPOCH` is not set (2024-01-01T00:00:00Z).
 pub const DEFAULT_EPOCH: u64 = 1_704_067_200;
-/// Where the boot partition is mounted on the Pi.
-pub const BOOT_MOUNT: &str = "/boot/firmware";
-/// The file name a join token may be dropped as on the boot partition after flashing.
-pub const TOKEN_DROP_NAME: &str = "armfleet-token";
+use bootstrap::layout::pi::{BOOT_MOUNT, TOKEN_DROP_NAME};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -247,7 +243,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummar
     let depmod = depmod?;
     let mut node = host.node.clone();
     if node.server.token_drop.is_none() {
-        node.server.token_drop = Some(PathBuf::from(format!("{BOOT_MOUNT}/{TOKEN_DROP_NAME}")));
+        node.server.token_drop = Some(PathBuf::from(bootstrap::layout::pi::TOKEN_DROP));
     }
     let k3s = bake_k3s(opts, &mut tree, &node, progress)?;
     if let K3sSource::Downloaded(_) | K3sSource::Given(_) = &k3s
@@ -578,7 +574,7 @@ fn depmod_files(
         .map_err(io(tmp_parent))?;
     let mods = dir.path().join("lib/modules").join(&assets.kernel_version);
     link_tree(&assets.modules_dir, &mods)?;
-    let mut cmd = Command::new("depmod");
+    let mut cmd = bootstrap::process::command("depmod");
     cmd.arg("-b").arg(dir.path());
     if assets.system_map.is_file() {
         cmd.arg("-F").arg(&assets.system_map);

@@ -13,7 +13,7 @@ use crate::error::{ImageError, io};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// The oldest e2fsprogs whose `mke2fs -d` reads a tar archive.
 pub const MKE2FS_MIN: (u32, u32, u32) = (1, 47, 1);
@@ -499,7 +499,7 @@ impl Tree {
         )
         .map_err(io(conf.path()))?;
         let blocks = len / 4096;
-        let mut child = Command::new("mke2fs")
+        let mut child = bootstrap::process::command("mke2fs")
             .env("MKE2FS_CONFIG", conf.path())
             .env("E2FSPROGS_FAKE_TIME", self.epoch.to_string())
             .env("SOURCE_DATE_EPOCH", self.epoch.to_string())
@@ -581,16 +581,19 @@ impl Tree {
 
 /// Checks that the host's mke2fs reads tar archives (e2fsprogs >= 1.47.1).
 pub fn check_mke2fs() -> Result<(), ImageError> {
-    let out = Command::new("mke2fs").arg("-V").output().map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            ImageError::ToolMissing {
-                tool: "mke2fs".into(),
-                package: "e2fsprogs".into(),
+    let out = bootstrap::process::command("mke2fs")
+        .arg("-V")
+        .output()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ImageError::ToolMissing {
+                    tool: "mke2fs".into(),
+                    package: "e2fsprogs".into(),
+                }
+            } else {
+                io(Path::new("mke2fs"))(e)
             }
-        } else {
-            io(Path::new("mke2fs"))(e)
-        }
-    })?;
+        })?;
     let text =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     let found = text
@@ -623,7 +626,7 @@ pub fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
 
 /// Reads a file from the ext4 filesystem at `offset` of `image` (`debugfs -R cat`).
 pub fn read_file(image: &Path, offset: u64, path: &str) -> Result<Option<Vec<u8>>, ImageError> {
-    let out = Command::new("debugfs")
+    let out = bootstrap::process::command("debugfs")
         .arg("-R")
         .arg(format!("cat \"{path}\""))
         .arg(format!("{}?offset={offset}", image.display()))

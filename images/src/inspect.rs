@@ -104,10 +104,14 @@ pub fn inspect(image: &Path) -> Result<Inspection, ImageError> {
         image,
         boot.start,
         boot.size,
-        &["config.txt", "cmdline.txt", crate::build::TOKEN_DROP_NAME],
+        &[
+            "config.txt",
+            "cmdline.txt",
+            bootstrap::layout::pi::TOKEN_DROP_NAME,
+        ],
     )?;
     let text = |v: &Option<Vec<u8>>| v.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
-    let node_toml = crate::ext4::read_file(image, root.start, "/etc/armfleet/node.toml")?
+    let node_toml = crate::ext4::read_file(image, root.start, bootstrap::layout::worker::CONFIG)?
         .map(|b| String::from_utf8_lossy(&b).into_owned());
     let hostname = crate::ext4::read_file(image, root.start, "/etc/hostname")?
         .map(|b| String::from_utf8_lossy(&b).trim().to_owned());
@@ -115,7 +119,7 @@ pub fn inspect(image: &Path) -> Result<Inspection, ImageError> {
         .as_deref()
         .and_then(|t| bootstrap::NodeConfig::from_toml_str(t, "node.toml").ok())
         .map(|c| c.server.token_file.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "/etc/armfleet/token".into());
+        .unwrap_or_else(|| bootstrap::layout::worker::TOKEN_FILE.into());
     let token = if crate::ext4::read_file(image, root.start, &token_file)?.is_some() {
         TokenState::Baked
     } else if read[2].1.is_some() {

@@ -488,13 +488,13 @@ fn run_mke2fs(tmp: &Path, file: &std::fs::File, rootfs: &Path) -> Result<(), Chr
     use std::os::unix::process::CommandExt;
     let args = ["-q", "-F", "-t", "ext4", "-L", "k3s-data", "-m", "0"];
     let mut cmd = if let Some(m) = HOST_MKFS.iter().find(|m| Path::new(m).is_file()) {
-        let mut c = std::process::Command::new(m);
+        let mut c = bootstrap::process::command(m);
         c.args(args).arg(tmp);
         c
     } else if let Some(m) = ROOTFS_MKFS.iter().find(|m| inside(rootfs, m).is_file()) {
         // The rootfs' mke2fs is linked against the rootfs' libc: run it chrooted, on the image
         // handed over as fd 3 (the image lives outside the rootfs).
-        let mut c = std::process::Command::new(m);
+        let mut c = bootstrap::process::command(m);
         c.args(args).arg("/proc/self/fd/3");
         let root = rootfs.to_owned();
         let fd = file.as_raw_fd();

@@ -2,7 +2,7 @@
 //! child says it is prepared and has written its first status) and `stop` (SIGTERM to the live
 //! supervisor that holds the pidfile, then wait).
 
-use crate::status::pid_alive;
+use crate::pidfile::pid_alive;
 use crate::supervisor::{RunError, RunOptions};
 use bootstrap::NodeConfig;
 use bootstrap::exit::ExitClass;

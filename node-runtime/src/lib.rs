@@ -4,7 +4,6 @@
 //! - [`token`]: the join token file's safety checks and the one-time token drop.
 //! - [`k3sbin`]: the k3s binary against its sha256 pin, fetched from the mirror when it differs.
 //! - [`supervisor`]: runs the agent, restarts it with backoff, logs, health, signals.
-//! - [`status`]: the JSON health record `node-runtime status` prints and `phonectl status` parses.
 //! - [`logs`]: size-rotated log files.
 //! - [`power`]: phone battery care (charge switch, low-battery pause) and the wakelock.
 //! - [`chroot`]: the phone's chroot in its own mount namespace, cgroups, the ext4 data image.
@@ -13,7 +12,6 @@
 //! - [`unpack`]: `node-runtime unpack`, the atomic rootfs install.
 //! - [`beneath`]: creating archive entries strictly beneath one directory.
 //! - [`files`]: `node-runtime write-files`, small root files (config, token, boot hook) from stdin.
-//! - [`kernel`]: `check-kernel`, the k3s kernel requirements.
 #![deny(missing_docs)]
 
 pub mod agent;
@@ -22,11 +20,9 @@ pub mod chroot;
 pub mod daemon;
 pub mod files;
 pub mod k3sbin;
-pub mod kernel;
 pub mod logs;
 pub mod pidfile;
 pub mod power;
-pub mod status;
 pub mod supervisor;
 pub mod token;
 pub mod unpack;
@@ -44,17 +40,11 @@ pub fn pidfile_path(config: &bootstrap::NodeConfig) -> std::path::PathBuf {
     config
         .status_file
         .parent()
-        .unwrap_or(std::path::Path::new("/var/lib/armfleet"))
+        .unwrap_or(std::path::Path::new(bootstrap::layout::worker::STATUS_FILE))
         .join(PIDFILE_NAME)
 }
 
-/// Seconds since the Unix epoch, for status records.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use bootstrap::status::unix_now;
 
 /// Prints one supervisor line to stderr with a UTC timestamp (systemd's journal or the detached
 /// log file keeps it). Never given the token.

@@ -1,7 +1,7 @@
 //! `node-runtime`: thin command line over the `node_runtime` library.
 
 use bootstrap::exit::ExitClass;
-use bootstrap::node_config::DEFAULT_CONFIG_PATH;
+use bootstrap::layout::worker::CONFIG as DEFAULT_CONFIG_PATH;
 use clap::{Parser, Subcommand};
 use std::io::Read;
 use std::path::PathBuf;
@@ -136,6 +136,7 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
+    use bootstrap::{kernel, status};
     use node_runtime::*;
     match cmd {
         Cmd::Run { config, detach } => {

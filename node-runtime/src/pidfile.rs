@@ -3,7 +3,8 @@
 //! `run` holds an exclusive `flock` on the pidfile for as long as it lives (the kernel drops it
 //! when the process dies, however it dies), so two supervisors — a boot hook racing an enroll —
 //! cannot both start, and a pid left in the file by a dead supervisor names nobody. `stop` and
-//! `status` ask the lock first and signal or report only a live node-runtime.
+//! `status` ask the lock first and signal or report only a live node-runtime. Process liveness
+//! ([`pid_alive`]) lives here too.
 
 use std::fs::File;
 use std::io::Write;
@@ -70,7 +71,7 @@ impl PidLock {
         // A supervisor of an older node-runtime kept no lock: its pid in the file still counts.
         if let Some(pid) = read_pid(path)
             && pid != std::process::id()
-            && crate::status::pid_alive(pid)
+            && pid_alive(pid)
             && is_node_runtime(pid) == Some(true)
         {
             return Err(ClaimError::Held { pid: Some(pid) });
@@ -95,7 +96,7 @@ impl Drop for PidLock {
 /// The pid of the live node-runtime supervisor that holds the pidfile at `path`, if any.
 pub fn holder(path: &Path) -> Option<u32> {
     let pid = read_pid(path)?;
-    let running = |pid: u32| crate::status::pid_alive(pid) && is_node_runtime(pid) == Some(true);
+    let running = |pid: u32| pid_alive(pid) && is_node_runtime(pid) == Some(true);
     match File::open(path) {
         Ok(f) => match flock(&f, libc::LOCK_SH | libc::LOCK_NB) {
             // Nobody holds it: only a lock-less supervisor of an older version can be running.
@@ -118,6 +119,28 @@ pub fn is_node_runtime(pid: u32) -> Option<bool> {
             .file_name()
             .is_some_and(|n| n == "node-runtime")
     }))
+}
+
+/// True when `pid` names a live process (signal 0; EPERM also means it exists).
+pub fn pid_alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None) {
+        Ok(()) => !is_zombie(pid),
+        Err(nix::errno::Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 //! [`PowerPolicy::decide`] is a pure state machine over [`PowerReading`]s; the supervisor feeds
 //! it readings and carries out the [`PowerAction`]s.
 
-use crate::status::Battery;
 use bootstrap::node_config::Power;
+use bootstrap::status::Battery;
 use std::path::{Path, PathBuf};
 
 /// A kernel charging switch: a file under a power_supply entry and the values that allow or

@@ -13,19 +13,19 @@ use crate::k3sbin::{self, K3sBinError};
 use crate::logs::RotatingLog;
 use crate::pidfile::{ClaimError, PidLock};
 use crate::power::{self, ChargeSwitch, PowerAction, PowerPolicy, Wakelock};
-use crate::status::{self, AgentState, LastExit, Status};
 use crate::token::{self, TokenError};
 use crate::{say, unix_now};
 use bootstrap::NodeConfig;
 use bootstrap::exit::ExitClass;
 use bootstrap::node_config::ConfigError;
+use bootstrap::status::{self, AgentState, LastExit, Status};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, pthread_sigmask};
 use nix::unistd::Pid;
 use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -259,7 +259,7 @@ fn stop_orphan_agent(pid: u32, config: &NodeConfig) {
             .take(3)
             .any(|a| Path::new(&*String::from_utf8_lossy(a)).file_name() == Some(bin_name))
     });
-    if !(status::pid_alive(pid) && leads_group && runs_k3s) {
+    if !(crate::pidfile::pid_alive(pid) && leads_group && runs_k3s) {
         return;
     }
     say(format!(
@@ -665,7 +665,7 @@ impl Supervisor {
                 return;
             }
         };
-        let mut cmd = Command::new(bin);
+        let mut cmd = bootstrap::process::command(bin);
         cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(wr))

@@ -232,7 +232,7 @@ fn clean_leftovers(parent: &Path, name: &str) {
             n.starts_with(&format!(".{name}.unpack-")) || n.starts_with(&format!(".{name}.old-"));
         if is_ours
             && let Some(pid) = n.rsplit('-').next().and_then(|p| p.parse::<u32>().ok())
-            && !crate::status::pid_alive(pid)
+            && !crate::pidfile::pid_alive(pid)
         {
             let _ = std::fs::remove_dir_all(e.path());
         }

@@ -186,8 +186,8 @@ dir = "{d}/log"
     }
 
     /// The status record, when present and parseable.
-    pub fn status(&self) -> Option<node_runtime::status::Status> {
-        node_runtime::status::read(&self.path("status.json")).ok()
+    pub fn status(&self) -> Option<bootstrap::status::Status> {
+        bootstrap::status::read(&self.path("status.json")).ok()
     }
 
     /// Waits for a status that satisfies `f`.
@@ -195,8 +195,8 @@ dir = "{d}/log"
         &self,
         what: &str,
         timeout: Duration,
-        f: impl Fn(&node_runtime::status::Status) -> bool,
-    ) -> node_runtime::status::Status {
+        f: impl Fn(&bootstrap::status::Status) -> bool,
+    ) -> bootstrap::status::Status {
         wait_for(what, timeout, || self.status().filter(|s| f(s)))
     }
 
@@ -246,7 +246,7 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStat
 
 /// True when `pid` is alive and not a zombie.
 pub fn alive(pid: u32) -> bool {
-    node_runtime::status::pid_alive(pid)
+    node_runtime::pidfile::pid_alive(pid)
 }
 
 /// Stops a supervisor left running by a failed test (SIGTERM, then SIGKILL).

@@ -3,8 +3,8 @@
 //! restart backoff timings, SIGTERM/SIGHUP, log rotation, the status record, detach/stop.
 
 use armfleet_tests::standin::{KillOnDrop, Node, TOKEN, alive, signal, wait_exit, wait_for};
+use bootstrap::status::AgentState;
 use nix::sys::signal::Signal;
-use node_runtime::status::AgentState;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
@@ -260,7 +260,7 @@ fn status_command_human_json_and_stale() {
         "{text}"
     );
     let out = node.node_runtime(&["status", "--json", "--config", cfg]);
-    let s: node_runtime::status::Status = serde_json::from_slice(&out.stdout).unwrap();
+    let s: bootstrap::status::Status = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s.pid, rt.id());
     let agent = s.agent_pid.unwrap();
 
@@ -275,7 +275,7 @@ fn status_command_human_json_and_stale() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("stale"), "{text}");
     let out = node.node_runtime(&["status", "--json", "--config", cfg]);
-    let s: node_runtime::status::Status = serde_json::from_slice(&out.stdout).unwrap();
+    let s: bootstrap::status::Status = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         s.state,
         AgentState::Running,
@@ -293,9 +293,9 @@ fn status_command_human_json_and_stale() {
     std::fs::write(node.path("node-runtime.pid"), format!("{}\n", other.0.id())).unwrap();
     let mut record = node.status().unwrap();
     record.pid = other.0.id();
-    node_runtime::status::write_atomic(&node.path("status.json"), &record).unwrap();
+    bootstrap::status::write_atomic(&node.path("status.json"), &record).unwrap();
     let out = node.node_runtime(&["status", "--json", "--config", cfg]);
-    let s: node_runtime::status::Status = serde_json::from_slice(&out.stdout).unwrap();
+    let s: bootstrap::status::Status = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s.supervisor_running, Some(false));
     // ... and `stop` does not signal it.
     let out = node.node_runtime(&["stop", "--config", cfg]);
@@ -443,7 +443,7 @@ fn detach_returns_once_prepared_and_stop_waits() {
         "status right after run --detach: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let s: node_runtime::status::Status = serde_json::from_slice(&out.stdout).unwrap();
+    let s: bootstrap::status::Status = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(s.pid, pid);
     let st = node.wait_status("healthy", T, |s| s.healthy);
     assert_eq!(st.pid, pid);

@@ -5,8 +5,8 @@
 
 use armfleet_tests::standin::{KillOnDrop, Node, alive, set_mode, signal, wait_exit, wait_for};
 use armfleet_tests::util::{aarch64_bin, skip_for_missing, workspace_root};
+use bootstrap::status::AgentState;
 use nix::sys::signal::Signal;
-use node_runtime::status::AgentState;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -61,7 +61,7 @@ fn stock_gki_kernel_fails_with_the_missing_options_named() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
-    let report: node_runtime::kernel::KernelReport = serde_json::from_slice(&out.stdout).unwrap();
+    let report: bootstrap::kernel::KernelReport = serde_json::from_slice(&out.stdout).unwrap();
     let missing: Vec<&str> = report
         .required_missing
         .iter()
@@ -102,14 +102,14 @@ fn stock_gki_kernel_fails_with_the_missing_options_named() {
     );
 
     // The library call phonectl doctor makes on the host.
-    let r = node_runtime::kernel::check_kernel_config(&text);
+    let r = bootstrap::kernel::check_kernel_config(&text);
     assert!(!r.passes());
     assert!(r.render().contains("FAIL:") && r.render().contains("CONFIG_PID_NS"));
 
     // With the modules a stock GKI phone ships, `=m` no longer passes for br_netfilter.
-    let mut shipped = node_runtime::kernel::ModuleIndex::default();
+    let mut shipped = bootstrap::kernel::ModuleIndex::default();
     shipped.add_paths(&std::fs::read_to_string(fixture("android14-6.1-gki-modules.txt")).unwrap());
-    let r = node_runtime::kernel::check_kernel_config_with_modules(&text, Some(&shipped));
+    let r = bootstrap::kernel::check_kernel_config_with_modules(&text, Some(&shipped));
     let bnf = r
         .required_missing
         .iter()
@@ -141,7 +141,7 @@ fn kernel_without_cgroups_and_non_configs_are_refused() {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let r = node_runtime::kernel::check_kernel_config(&text);
+    let r = bootstrap::kernel::check_kernel_config(&text);
     let names = r.missing_required_names();
     assert!(
         names.contains("CONFIG_CGROUPS") && names.contains("CONFIG_MEMCG"),
@@ -1099,7 +1099,7 @@ fn phone_chroot_mounts_inside_only_and_nothing_leaks() {
     // right after starting the agent, so it may trail the stand-in's own record by a moment.
     let status_path = root.join("var/lib/armfleet/status.json");
     let st = wait_for("status file", Duration::from_secs(30), || {
-        node_runtime::status::read(&status_path).ok()
+        bootstrap::status::read(&status_path).ok()
     });
     assert_eq!(st.node_name, "phone-7");
     let out = Command::new(aarch64_bin("node-runtime"))

@@ -378,7 +378,7 @@ fn slow_phonectl_enroll_reboot_reenroll_unenroll() {
     // agent that is not running, so its new run proves stop stopped the old one.
     let disabled = phone
         .root()
-        .join(phonectl::layout::DISABLED.trim_start_matches('/'));
+        .join(bootstrap::layout::phone::DISABLED.trim_start_matches('/'));
     let runs_before = standin_runs(&phone).len();
     ok(&rig.run(&["-s", &phone.serial(), "stop"]), &phone);
     assert!(disabled.exists(), "stop left no flag for the boot hook");

@@ -1,5 +1,6 @@
 //! The health record: written by `node-runtime run`, printed by `node-runtime status`, parsed by
 //! `phonectl status` (over ADB, from outside a phone's mount namespace: the file is on disk).
+//! Here, below both, so phonectl reads the record without linking the supervisor.
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -120,7 +121,7 @@ impl Status {
 
     /// A short human view; `stale` when the supervisor is gone.
     pub fn render(&self) -> String {
-        let now = crate::unix_now();
+        let now = unix_now();
         let mut out = String::new();
         let liveness = match self.supervisor_running {
             Some(true) => String::new(),
@@ -207,28 +208,6 @@ fn state_word(s: AgentState) -> &'static str {
     }
 }
 
-/// True when `pid` names a live process (signal 0; EPERM also means it exists).
-pub fn pid_alive(pid: u32) -> bool {
-    if pid == 0 {
-        return false;
-    }
-    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None) {
-        Ok(()) => !is_zombie(pid),
-        Err(nix::errno::Errno::EPERM) => true,
-        Err(_) => false,
-    }
-}
-
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(false)
-}
-
 /// Why the status file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -312,4 +291,12 @@ pub fn write_file_atomic(path: &Path, body: &[u8], mode: u32) -> std::io::Result
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Seconds since the Unix epoch, for status records.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

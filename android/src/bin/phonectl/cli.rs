@@ -1,0 +1,189 @@
+//! phonectl's command line: the clap definitions, apart from the glue in `main.rs`.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+pub const EXAMPLES: &str = "\
+Examples:
+  phonectl devices                      # what is plugged in, and whether it is enrolled
+  phonectl doctor                       # can this phone be a worker? (changes nothing)
+  phonectl enroll --name phone-1 --rootfs node-rootfs.tar.gz --token-file ~/.k3s-token
+  phonectl enroll --all --rootfs node-rootfs.tar.gz --token-env K3S_TOKEN
+  phonectl status --all
+  phonectl logs -s 0123456789ABCDEF -f
+  phonectl unenroll -s 0123456789ABCDEF
+
+Phones are found through the adb server (ANDROID_ADB_SERVER_PORT or --adb-port, default 5037);
+phonectl starts one with `adb start-server` when none runs. See PHONES.md.";
+
+/// Turn rooted Android phones plugged in over USB into k3s workers.
+#[derive(Parser)]
+#[command(name = "phonectl", version, after_help = EXAMPLES)]
+pub struct Cli {
+    /// The adb server's port on 127.0.0.1.
+    #[arg(
+        long,
+        global = true,
+        env = "ANDROID_ADB_SERVER_PORT",
+        value_name = "PORT"
+    )]
+    pub adb_port: Option<u16>,
+    /// The phone's serial (see `phonectl devices`); needed when several are attached.
+    #[arg(
+        short = 's',
+        long = "serial",
+        global = true,
+        value_name = "SERIAL",
+        env = "ANDROID_SERIAL"
+    )]
+    pub serial: Option<String>,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Targets {
+    /// Every attached phone, in parallel (instead of -s SERIAL).
+    #[arg(long)]
+    pub all: bool,
+    /// Filled from the global -s.
+    #[arg(skip)]
+    pub serial: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// List attached phones: serial, model, Android, ABI, root, state, enrolled.
+    #[command(after_help = "Example:\n  phonectl devices --json")]
+    Devices {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check whether a phone can be a worker. Reads only; changes nothing.
+    #[command(
+        after_help = "Examples:\n  phonectl doctor\n  phonectl doctor -s 0123456789ABCDEF --json"
+    )]
+    Doctor {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a phone a k3s worker (or bring an enrolled one up to date).
+    #[command(after_help = "Examples:
+  phonectl enroll --rootfs node-rootfs.tar.gz --token-file ~/.k3s-token
+  phonectl enroll --all --topology lab.toml --rootfs node-rootfs.tar.gz --token-env K3S_TOKEN
+  phonectl enroll -s 0123456789ABCDEF --config node.toml --rootfs node-rootfs.tar.gz --token-file t
+
+Enroll is idempotent: each piece is compared by sha256 first and only what differs is sent.")]
+    Enroll(Box<EnrollArgs>),
+    /// Show the worker's state (node-runtime status).
+    #[command(after_help = "Examples:\n  phonectl status\n  phonectl status --all --json")]
+    Status {
+        #[command(flatten)]
+        targets: Targets,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the worker's logs (node-runtime and the k3s agent).
+    #[command(after_help = "Examples:\n  phonectl logs\n  phonectl logs -f -n 50")]
+    Logs {
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines to show from the end of each file.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: u32,
+    },
+    /// A shell inside the worker's chroot (or run one command there).
+    #[command(after_help = "Examples:\n  phonectl shell\n  phonectl shell -- cat /etc/os-release")]
+    Shell {
+        /// The command to run instead of an interactive shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Stop the worker; it stays stopped across reboots until `start`.
+    #[command(after_help = "Example:\n  phonectl stop -s 0123456789ABCDEF")]
+    Stop {
+        #[command(flatten)]
+        targets: Targets,
+    },
+    /// Start the worker (and let the boot hook start it again after reboots).
+    #[command(after_help = "Example:\n  phonectl start")]
+    Start {
+        #[command(flatten)]
+        targets: Targets,
+        /// How long to wait for the agent to run, in seconds.
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+    },
+    /// Stop and start the worker.
+    #[command(after_help = "Example:\n  phonectl restart")]
+    Restart {
+        #[command(flatten)]
+        targets: Targets,
+        /// How long to wait for the agent to run, in seconds.
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+    },
+    /// Remove the worker: stop it, remove the boot hook, the rootfs, the data image, the token.
+    #[command(after_help = "Example:\n  phonectl unenroll -s 0123456789ABCDEF")]
+    Unenroll {
+        #[command(flatten)]
+        targets: Targets,
+    },
+    /// Print shell completions.
+    #[command(
+        after_help = "Example:\n  phonectl completions bash > /etc/bash_completion.d/phonectl"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (phonectl.1 and one per command) into a directory, or print phonectl.1.
+    #[command(after_help = "Example:\n  phonectl man --dir /usr/local/share/man/man1")]
+    Man {
+        /// Where to write the pages; without it phonectl.1 goes to stdout.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct EnrollArgs {
+    #[command(flatten)]
+    pub targets: Targets,
+    /// The node name (else the topology entry whose serial matches the phone).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The lab topology file (else ARMFLEET_TOPOLOGY, else the built-in one).
+    #[arg(long, value_name = "FILE")]
+    pub topology: Option<PathBuf>,
+    /// Use this node.toml instead of deriving one from the topology; a directory holds one
+    /// `SERIAL.toml` per phone (for --all).
+    #[arg(long, value_name = "FILE|DIR", conflicts_with = "topology")]
+    pub config: Option<PathBuf>,
+    /// The node rootfs tarball.
+    #[arg(long, value_name = "TAR.GZ", env = "ARMFLEET_ROOTFS")]
+    pub rootfs: PathBuf,
+    /// The static aarch64 node-runtime (else ARMFLEET_NODE_RUNTIME, else
+    /// `node-runtime-aarch64` next to phonectl, else ~/.cache/armfleet/node-runtime-aarch64).
+    #[arg(long, value_name = "PATH", env = "ARMFLEET_NODE_RUNTIME")]
+    pub node_runtime: Option<PathBuf>,
+    /// Read the k3s join token from this file.
+    #[arg(long, value_name = "FILE", conflicts_with = "token_env")]
+    pub token_file: Option<PathBuf>,
+    /// Read the k3s join token from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub token_env: Option<String>,
+    /// Enroll even when the doctor finds a problem (root is still required).
+    #[arg(long)]
+    pub force: bool,
+    /// How long to wait for the agent to run, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub wait: u64,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+}

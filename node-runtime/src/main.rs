@@ -1,5 +1,6 @@
 //! `node-runtime`: thin command line over the `node_runtime` library.
 
+use armfleet_cli::{Failure, finish, out};
 use bootstrap::exit::ExitClass;
 use bootstrap::layout::worker::CONFIG as DEFAULT_CONFIG_PATH;
 use clap::{Parser, Subcommand};
@@ -110,29 +111,17 @@ Each file goes to PATH.new (parents made 0700), is synced, then all are renamed 
     Unit,
 }
 
-struct Failure {
-    class: ExitClass,
-    message: String,
-}
-
 fn fail(class: ExitClass, e: impl std::fmt::Display) -> Failure {
-    Failure {
-        class,
-        message: e.to_string(),
-    }
+    Failure::new(class, e)
 }
 
 fn main() -> ExitCode {
     // Before any thread exists: signals are taken with sigtimedwait by the supervisor.
     node_runtime::supervisor::block_signals();
+    // The supervisor's lines are the worker's journal: shown from `info` on.
+    armfleet_cli::logging::init_with_default(tracing::level_filters::LevelFilter::INFO);
     let cli = Cli::parse();
-    match dispatch(cli.command) {
-        Ok(code) => ExitCode::from(code),
-        Err(f) => {
-            eprintln!("node-runtime: {}", f.message);
-            ExitCode::from(f.class.code())
-        }
-    }
+    finish("node-runtime", dispatch(cli.command).map(ExitCode::from))
 }
 
 fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
@@ -142,7 +131,7 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
         Cmd::Run { config, detach } => {
             if detach {
                 let pid = daemon::detach(&config).map_err(|e| fail(e.exit_class(), e))?;
-                println!("node-runtime started in the background (pid {pid})");
+                out::println(&format!("node-runtime started in the background (pid {pid})"));
             } else {
                 supervisor::run(supervisor::RunOptions {
                     config_path: config,
@@ -155,8 +144,10 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
         Cmd::Stop { config } => {
             let c = bootstrap::NodeConfig::load(&config).map_err(|e| fail(ExitClass::Usage, e))?;
             match daemon::stop(&c).map_err(|e| fail(e.exit_class(), e))? {
-                daemon::Stopped::NotRunning => println!("node-runtime is not running"),
-                daemon::Stopped::Stopped { pid } => println!("node-runtime (pid {pid}) stopped"),
+                daemon::Stopped::NotRunning => out::println("node-runtime is not running"),
+                daemon::Stopped::Stopped { pid } => {
+                    out::println(&format!("node-runtime (pid {pid}) stopped"))
+                }
             }
             Ok(0)
         }
@@ -168,9 +159,9 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             let holder = pidfile::holder(&c.host_path(&pidfile_path(&c)));
             s.supervisor_running = Some(holder == Some(s.pid));
             if json {
-                println!("{}", serde_json::to_string_pretty(&s).expect("serialises"));
+                out::json(&s);
             } else {
-                print!("{}", s.render());
+                out::print(&s.render());
             }
             // The record was printed: success, whatever it says (phonectl parses it; the
             // record carries whether its supervisor runs).
@@ -196,7 +187,7 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                 };
                 fail(class, e)
             })?;
-            println!(
+            out::println(&format!(
                 "unpacked {} entries ({} bytes, sha256 {}) into {}{}",
                 u.entries,
                 u.bytes,
@@ -207,10 +198,10 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                 } else {
                     ""
                 }
-            );
+            ));
             if let Some(old) = &u.leftover {
-                eprintln!(
-                    "node-runtime: warning: the previous tree could not be removed from {}: the next unpack removes it",
+                tracing::warn!(
+                    "the previous tree could not be removed from {}: the next unpack removes it",
                     old.display()
                 );
             }
@@ -249,12 +240,9 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                 report.cgroup_controllers = Some(kernel::enabled_cgroup_controllers(&c));
             }
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("serialises")
-                );
+                out::json(&report);
             } else {
-                print!("{}", report.render());
+                out::print(&report.render());
             }
             Ok(if report.passes() {
                 0
@@ -263,7 +251,7 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             })
         }
         Cmd::Unit => {
-            print!("{}", bootstrap::unit::SYSTEMD_UNIT);
+            out::print(bootstrap::unit::SYSTEMD_UNIT);
             Ok(0)
         }
     }

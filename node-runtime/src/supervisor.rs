@@ -14,7 +14,7 @@ use crate::logs::RotatingLog;
 use crate::pidfile::{ClaimError, PidLock};
 use crate::power::{self, ChargeSwitch, PowerAction, PowerPolicy, Wakelock};
 use crate::token::{self, TokenError};
-use crate::{say, unix_now};
+use crate::unix_now;
 use bootstrap::NodeConfig;
 use bootstrap::exit::ExitClass;
 use bootstrap::node_config::ConfigError;
@@ -262,9 +262,9 @@ fn stop_orphan_agent(pid: u32, config: &NodeConfig) {
     if !(crate::pidfile::pid_alive(pid) && leads_group && runs_k3s) {
         return;
     }
-    say(format!(
+    tracing::info!(
         "the agent of a previous node-runtime (pid {pid}) still runs: stopping its process group"
-    ));
+    );
     let group = Pid::from_raw(-(pid as i32));
     let _ = kill(group, Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(config.supervise.stop_grace_secs);
@@ -272,10 +272,10 @@ fn stop_orphan_agent(pid: u32, config: &NodeConfig) {
         std::thread::sleep(Duration::from_millis(100));
     }
     if group_alive(pid) {
-        say(format!(
+        tracing::info!(
             "process group {pid} ignored SIGTERM for {} s: SIGKILL",
             config.supervise.stop_grace_secs
-        ));
+        );
         let _ = kill(group, Signal::SIGKILL);
         while group_alive(pid) && Instant::now() < deadline + Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(50));
@@ -305,11 +305,11 @@ fn prepare(config: &NodeConfig, config_path: &Path) -> Result<Prepared, RunError
     if let Some(drop) = &config.server.token_drop {
         let drop_host = config.host_path(drop);
         if token::take_token_drop(&drop_host, &token_host)? {
-            say(format!(
+            tracing::info!(
                 "moved the dropped token {} to {} (mode 0600)",
                 drop_host.display(),
                 token_host.display()
-            ));
+            );
         }
     }
     token::check_token_file(&token_host)?;
@@ -411,7 +411,7 @@ impl Supervisor {
         let bin = self.config.k3s.bin.clone();
         let progress = |e: bootstrap::progress::Event| {
             if let bootstrap::progress::Event::Note(n) = e {
-                say(n)
+                tracing::info!("{}", n)
             }
         };
         if k3sbin::ensure_k3s(&self.config, &bin, &progress)? {
@@ -438,9 +438,7 @@ impl Supervisor {
                 .as_ref()
                 .map(|s| power::read_charging(&dir, s).unwrap_or(true));
             if charging == Some(false) {
-                say(
-                    "charging is off at start (left so by an earlier run): the policy takes it from there",
-                );
+                tracing::info!("{}", "charging is off at start (left so by an earlier run): the policy takes it from there",);
             }
             self.power = Some(PowerCtx {
                 policy: PowerPolicy::new(p.clone(), charging),
@@ -453,8 +451,10 @@ impl Supervisor {
         Ok(())
     }
 
+    /// A supervisor line: in the log (stderr: systemd's journal, or the detached run's log file)
+    /// and in the agent's log file, where it explains the agent's restarts. Never the token.
     fn say(&self, msg: String) {
-        say(&msg);
+        tracing::info!("{msg}");
         if let Ok(mut l) = self.log.lock() {
             let _ = l.write_chunk(format!("[node-runtime] {msg}\n").as_bytes());
         }
@@ -556,15 +556,15 @@ impl Supervisor {
             match power::set_charging(&ctx.dir, &switch, true) {
                 Ok(()) => {
                     ctx.policy.charging_allowed = Some(true);
-                    say(format!(
+                    tracing::info!(
                         "charging allowed again ({}) as node-runtime exits",
                         switch.file
-                    ));
+                    );
                 }
-                Err(e) => say(format!(
+                Err(e) => tracing::info!(
                     "cannot allow charging again through {}: {e}",
                     switch.file
-                )),
+                ),
             }
         }
     }
@@ -872,7 +872,7 @@ impl Supervisor {
         match status::write_atomic(&self.config.status_file, &self.status) {
             Ok(()) => self.last_written = Some((self.status.clone(), now)),
             Err(e) => {
-                say(format!("cannot write the status: {e}"));
+                tracing::info!("cannot write the status: {e}");
                 // Retry at the next heartbeat, not in a tight loop.
                 self.last_written = Some((self.status.clone(), now));
             }

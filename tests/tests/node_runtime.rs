@@ -393,11 +393,13 @@ fn orphaned_agent_of_a_killed_supervisor_is_stopped_first() {
     node.control("child = true\n");
     let mut rt = node.spawn_run();
     let first = node.wait_runs(1, T)[0]["pid"].as_u64().unwrap() as u32;
-    node.wait_status("running", T, |s| s.agent_pid == Some(first));
+    // Healthy: the stand-in is past its start-up (child started, log lines written), so the
+    // kill below leaves a settled agent rather than one cut off half-way.
+    node.wait_status("running", T, |s| s.agent_pid == Some(first) && s.healthy);
+    let first_child = child_pids(&node, 1)[0];
     let _ = rt.kill();
     let _ = rt.wait();
     assert!(alive(first), "the agent outlives a SIGKILLed supervisor");
-    let first_child = child_pids(&node, 1)[0];
     let mut rt = KillOnDrop(node.spawn_run());
     let runs = node.wait_runs(2, T);
     let second = runs[1]["pid"].as_u64().unwrap() as u32;

@@ -1,7 +1,8 @@
 //! ADB over the adb server's host protocol (the TCP socket `adb start-server` listens on).
 //!
 //! Why not the `adb_client` crate: version 3.2.3 drops the remote exit status and loses output
-//! when a command is given stdin (measured, see the research notes). phonectl must know every
+//! when a command is given stdin (measured against a device-side emulator: `shell_command_v2`
+//! returns `Ok(None)` on EOF, and the stdin writer thread is detached). phonectl must know every
 //! remote command's exit status, so this module speaks the documented host protocol itself:
 //!
 //! - `host:devices-l` lists devices with their state;
@@ -404,6 +405,9 @@ impl AdbDevice {
     }
 
     fn transport(&self, service: &str) -> Result<Conn, DeviceError> {
+        // What runs on the phone, for `ARMFLEET_LOG=debug` (commands carry no secrets: those go
+        // through stdin).
+        tracing::debug!(serial = %self.serial, service, "adb");
         let mut c = self.server.open(&self.serial)?;
         c.request(&format!("host:transport:{}", self.serial))?;
         c.request(service)?;

@@ -131,7 +131,9 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
         Cmd::Run { config, detach } => {
             if detach {
                 let pid = daemon::detach(&config).map_err(|e| fail(e.exit_class(), e))?;
-                out::println(&format!("node-runtime started in the background (pid {pid})"));
+                out::println(&format!(
+                    "node-runtime started in the background (pid {pid})"
+                ));
             } else {
                 supervisor::run(supervisor::RunOptions {
                     config_path: config,

@@ -162,10 +162,7 @@ pub fn release_charge_switch(config: &bootstrap::NodeConfig) {
     };
     if read_charging(&p.power_supply_dir, &switch) == Some(false) {
         match set_charging(&p.power_supply_dir, &switch, true) {
-            Ok(()) => tracing::info!(
-                "charging was held off ({}): allowed again",
-                switch.file
-            ),
+            Ok(()) => tracing::info!("charging was held off ({}): allowed again", switch.file),
             Err(e) => tracing::info!(
                 "charging is held off ({}) and could not be allowed again: {e}",
                 switch.file

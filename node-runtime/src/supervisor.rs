@@ -438,7 +438,10 @@ impl Supervisor {
                 .as_ref()
                 .map(|s| power::read_charging(&dir, s).unwrap_or(true));
             if charging == Some(false) {
-                tracing::info!("{}", "charging is off at start (left so by an earlier run): the policy takes it from there",);
+                tracing::info!(
+                    "{}",
+                    "charging is off at start (left so by an earlier run): the policy takes it from there",
+                );
             }
             self.power = Some(PowerCtx {
                 policy: PowerPolicy::new(p.clone(), charging),
@@ -561,10 +564,9 @@ impl Supervisor {
                         switch.file
                     );
                 }
-                Err(e) => tracing::info!(
-                    "cannot allow charging again through {}: {e}",
-                    switch.file
-                ),
+                Err(e) => {
+                    tracing::info!("cannot allow charging again through {}: {e}", switch.file)
+                }
             }
         }
     }

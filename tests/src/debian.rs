@@ -2,22 +2,14 @@
 //! (`apt-get download`, so no mirror is named here) and cached under the target dir.
 
 use crate::util::cache_dir;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Holds an exclusive `flock` on a file until dropped; serialises cache fills across test processes.
-pub struct FileLock(#[allow(dead_code)] std::fs::File);
-
-impl FileLock {
-    /// Blocks until the lock on `path` (created if missing) is ours.
-    pub fn acquire(path: &Path) -> FileLock {
-        let file = std::fs::File::create(path).expect("create lock file");
-        // SAFETY: flock on a descriptor we own; the lock is released when the file is closed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        assert_eq!(rc, 0, "flock {}", path.display());
-        FileLock(file)
-    }
+/// Blocks until the lock on `path` (created if missing) is held: the same lock the tools use on
+/// their caches ([`bootstrap::digest::FileLock`]), so tests and tools never fill a cache at once.
+pub fn lock(path: &Path) -> bootstrap::digest::FileLock {
+    bootstrap::digest::FileLock::acquire(path)
+        .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()))
 }
 
 /// The `.deb` of `package` for arm64 (e.g. `busybox-static`), downloaded once.
@@ -28,7 +20,7 @@ pub fn arm64_deb(package: &str) -> PathBuf {
 /// The `.deb` of `package` for the Debian architecture `arch`, downloaded once.
 pub fn deb(package: &str, arch: &str) -> PathBuf {
     let dir = cache_dir("debs");
-    let _lock = FileLock::acquire(&dir.join(".lock"));
+    let _lock = lock(&dir.join(".lock"));
     if let Some(found) = find_deb(&dir, package, arch) {
         return found;
     }
@@ -71,7 +63,7 @@ pub fn arm64_package_tree(package: &str) -> PathBuf {
 pub fn package_tree(package: &str, arch: &str) -> PathBuf {
     let deb = deb(package, arch);
     let root = cache_dir("pkgtrees");
-    let _lock = FileLock::acquire(&root.join(".lock"));
+    let _lock = lock(&root.join(".lock"));
     let tree = root.join(if arch == "arm64" {
         package.to_owned()
     } else {

@@ -7,7 +7,7 @@
 //! - [`real_node_rootfs`]: the real thing, a Debian bookworm arm64 base from mmdebstrap (minutes
 //!   the first time, then cached) with the same overlay. For the slow tier.
 
-use crate::debian::{FileLock, busybox_rootfs};
+use crate::debian::{busybox_rootfs, lock};
 use crate::util::{aarch64_bin, cache_dir};
 use bootstrap::progress::Silent;
 use bootstrap::rootfs::{Base, BuildRequest, MmdebstrapSpec, OverlayInputs, build};
@@ -59,7 +59,7 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
 /// (rebuilt when node-runtime or the stand-in change).
 pub fn mini_node_rootfs() -> PathBuf {
     let dir = cache_dir("node-rootfs-mini");
-    let _lock = FileLock::acquire(&dir.join(".lock"));
+    let _lock = lock(&dir.join(".lock"));
     let base = dir.join("busybox-base.tar");
     if !base.exists() {
         let tree = tempfile::tempdir_in(&dir).expect("temp dir");
@@ -91,7 +91,7 @@ pub fn real_node_rootfs() -> PathBuf {
 /// [`real_node_rootfs`] with its manifest and whether it came from the cache.
 pub fn real_node_rootfs_build() -> bootstrap::rootfs::Built {
     let dir = cache_dir("node-rootfs-real");
-    let _lock = FileLock::acquire(&dir.join(".lock"));
+    let _lock = lock(&dir.join(".lock"));
     let req = BuildRequest {
         base: Base::Mmdebstrap(MmdebstrapSpec::default_for_host()),
         overlay: OverlayInputs {

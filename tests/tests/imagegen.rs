@@ -2,7 +2,6 @@
 //! packages, checked with independent tools (sfdisk, fsck.vfat, e2fsck, debugfs, mtools); flashing
 //! to files and loop devices; every refusal and every user error.
 
-use armfleet_tests::debian::FileLock;
 use armfleet_tests::fixtures::mini_node_rootfs;
 use armfleet_tests::util::{cache_dir, skip_for_missing};
 use std::path::{Path, PathBuf};
@@ -11,8 +10,8 @@ use std::process::{Command, Output};
 const TOKEN: &str =
     "K10aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa::server:s3cr3tjointoken";
 
-fn lock(path: &Path) -> FileLock {
-    FileLock::acquire(path)
+fn lock(path: &Path) -> bootstrap::digest::FileLock {
+    armfleet_tests::debian::lock(path)
 }
 
 fn imagegen_bin() -> PathBuf {

@@ -5,6 +5,7 @@
 
 use armfleet_tests::standin::{KillOnDrop, Node, alive, set_mode, signal, wait_exit, wait_for};
 use armfleet_tests::util::{aarch64_bin, skip_for_missing, workspace_root};
+use bootstrap::digest::sha256_hex;
 use bootstrap::status::AgentState;
 use nix::sys::signal::Signal;
 use std::io::{Read, Write};
@@ -269,11 +270,6 @@ fn output_with_stdin(cmd: &mut Command, data: &[u8]) -> std::process::Output {
     let out = child.wait_with_output().unwrap();
     w.join().unwrap();
     out
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(b))
 }
 
 fn siblings(dir: &Path) -> Vec<String> {

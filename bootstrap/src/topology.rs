@@ -559,6 +559,402 @@ fn parse_address(
     Ok(Address::Static(ip))
 }
 
+/// The cluster section.
+fn validate_cluster(v: &Validator<'_>, rc: &RawCluster) -> Result<Cluster, TopologyError> {
+    let ctx = v.ctx;
+    let server = rc.server.get_ref().trim_end_matches('/').to_owned();
+    let host_part = server.strip_prefix("https://").unwrap_or("");
+    if host_part.is_empty() || host_part.contains(['/', ' ']) {
+        return Err(ctx.bad(
+            rc.server.span(),
+            "cluster.server".into(),
+            format!(
+                "{server:?} is not an https:// URL of the k3s server (e.g. https://10.10.10.1:6443); k3s agents only join over https"
+            ),
+        ));
+    }
+    let mut k3s = K3sPin {
+        version: None,
+        sha256: None,
+        url: None,
+    };
+    if let Some(rk) = &rc.k3s {
+        k3s.version = rk.version.clone();
+        if let Some(sha) = &rk.sha256 {
+            let s = sha.get_ref().to_ascii_lowercase();
+            if !is_sha256_hex(&s) {
+                return Err(ctx.bad(
+                    sha.span(),
+                    "cluster.k3s.sha256".into(),
+                    "is not 64 hex digits: copy the k3s-arm64 line of the release's sha256sum-arm64.txt".into(),
+                ));
+            }
+            k3s.sha256 = Some(s);
+        }
+        if let Some(url) = &rk.url {
+            if !(url.get_ref().starts_with("https://") || url.get_ref().starts_with("http://")) {
+                return Err(ctx.bad(
+                    url.span(),
+                    "cluster.k3s.url".into(),
+                    format!("{:?} is not an http(s) URL", url.get_ref()),
+                ));
+            }
+            k3s.url = Some(url.get_ref().clone());
+        }
+    }
+    let mirror = match &rc.mirror {
+        Some(m) if !(m.get_ref().starts_with("http://") || m.get_ref().starts_with("https://")) => {
+            return Err(ctx.bad(
+                m.span(),
+                "cluster.mirror".into(),
+                format!("{:?} is not an http(s) URL", m.get_ref()),
+            ));
+        }
+        Some(m) => Some(m.get_ref().trim_end_matches('/').to_owned()),
+        None => None,
+    };
+    let wifi_country = match &rc.wifi_country {
+        Some(c) => {
+            let v = c.get_ref();
+            if v.len() != 2 || !v.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(ctx.bad(
+                    c.span(),
+                    "cluster.wifi_country".into(),
+                    format!("{v:?} is not a two-letter ISO 3166 code such as FR"),
+                ));
+            }
+            v.clone()
+        }
+        None => "US".into(),
+    };
+    let token = match &rc.token {
+        Some(t) => ctx.secret(t, "cluster.token")?,
+        None => SecretSource::Env("K3S_TOKEN".into()),
+    };
+
+    let phone_vlan = match &rc.phone_vlan {
+        Some(pv) => v.vlan(pv, "cluster.phone_vlan".into())?.name,
+        None => v.vlans.first().map(|v| v.name.clone()).unwrap_or_default(),
+    };
+    Ok(Cluster {
+        name: rc.name.clone().unwrap_or_else(|| "armfleet".into()),
+        server,
+        k3s,
+        mirror,
+        token,
+        search: rc.search.clone(),
+        wifi_country,
+        phone_vlan,
+    })
+}
+
+/// The VLANs: unique names, ids and non-overlapping subnets; gateways inside their subnet.
+fn validate_vlans(ctx: &Ctx<'_>, raw: &[RawVlan]) -> Result<Vec<Vlan>, TopologyError> {
+    let mut vlans: Vec<Vlan> = Vec::new();
+    for (i, rv) in raw.iter().enumerate() {
+        let key = |k: &str| format!("vlan[{i}].{k}");
+        let name = rv.name.get_ref().clone();
+        if let Some(other) = vlans.iter().find(|v| v.name == name) {
+            return Err(ctx.bad(
+                rv.name.span(),
+                key("name"),
+                format!("VLAN {:?} is defined twice: rename one", other.name),
+            ));
+        }
+        let id = *rv.id.get_ref();
+        if !(1..=4094).contains(&id) {
+            return Err(ctx.bad(rv.id.span(), key("id"), format!("{id} is outside 1-4094")));
+        }
+        if let Some(other) = vlans.iter().find(|v| v.id == id) {
+            return Err(ctx.bad(
+                rv.id.span(),
+                key("id"),
+                format!("id {id} is already VLAN {}", other.name),
+            ));
+        }
+        let subnet: Subnet = rv
+            .subnet
+            .get_ref()
+            .parse()
+            .map_err(|m| ctx.bad(rv.subnet.span(), key("subnet"), m))?;
+        if let Some(other) = vlans
+            .iter()
+            .find(|v| v.subnet.contains(subnet.addr) || subnet.contains(v.subnet.addr))
+        {
+            return Err(ctx.bad(
+                rv.subnet.span(),
+                key("subnet"),
+                format!("{subnet} overlaps VLAN {} ({})", other.name, other.subnet),
+            ));
+        }
+        let gateway = match &rv.gateway {
+            Some(g) => {
+                let ip: IpAddr = g.get_ref().parse().map_err(|_| {
+                    ctx.bad(
+                        g.span(),
+                        key("gateway"),
+                        format!("{:?} is not an IP address", g.get_ref()),
+                    )
+                })?;
+                if !subnet.contains(ip) {
+                    return Err(ctx.bad(
+                        g.span(),
+                        key("gateway"),
+                        format!("{ip} is outside the VLAN's subnet {subnet}"),
+                    ));
+                }
+                Some(ip)
+            }
+            None => None,
+        };
+        let mut dns = Vec::new();
+        for (j, d) in rv.dns.iter().enumerate() {
+            dns.push(d.get_ref().parse().map_err(|_| {
+                ctx.bad(
+                    d.span(),
+                    format!("vlan[{i}].dns[{j}]"),
+                    format!("{:?} is not an IP address", d.get_ref()),
+                )
+            })?);
+        }
+        vlans.push(Vlan {
+            name,
+            id,
+            subnet,
+            gateway,
+            dns,
+        });
+    }
+    Ok(vlans)
+}
+
+/// What the host and phone validators share: the VLANs, and the names and addresses taken so
+/// far (unique across hosts and phones).
+struct Validator<'a> {
+    ctx: &'a Ctx<'a>,
+    vlans: &'a [Vlan],
+    /// Name → the line it was first used on.
+    names: HashMap<String, usize>,
+    /// Static address → its owner.
+    addresses: HashMap<IpAddr, String>,
+}
+
+impl Validator<'_> {
+    /// The VLAN a key names, or an error listing the VLANs.
+    fn vlan(&self, raw: &Spanned<String>, key: String) -> Result<Vlan, TopologyError> {
+        self.vlans
+            .iter()
+            .find(|v| v.name == *raw.get_ref())
+            .cloned()
+            .ok_or_else(|| {
+                self.ctx.bad(
+                    raw.span(),
+                    key,
+                    format!(
+                        "no VLAN named {:?}; the VLANs are: {}",
+                        raw.get_ref(),
+                        self.vlans
+                            .iter()
+                            .map(|v| v.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })
+    }
+
+    /// A node name: a DNS label, not used before.
+    fn name(&mut self, raw: &Spanned<String>, key: String) -> Result<String, TopologyError> {
+        let name = raw.get_ref().clone();
+        if !is_dns_label(&name) {
+            return Err(self.ctx.bad(
+                raw.span(),
+                key,
+                format!("{name:?} is not a valid node name: use lowercase letters, digits and '-', at most 63 characters"),
+            ));
+        }
+        if let Some(line) = self.names.get(&name) {
+            return Err(self.ctx.bad(
+                raw.span(),
+                key,
+                format!("the name {name:?} is already used on line {line}: names must be unique"),
+            ));
+        }
+        self.names
+            .insert(name.clone(), self.ctx.line(raw.span().start));
+        Ok(name)
+    }
+
+    /// An address in `vlan`, not used before when static.
+    fn address(
+        &mut self,
+        raw: &Spanned<String>,
+        key: String,
+        owner: &str,
+        vlan: &Vlan,
+    ) -> Result<Address, TopologyError> {
+        let a = parse_address(self.ctx, raw, &key, vlan)?;
+        if let Address::Static(ip) = a {
+            if let Some(other) = self.addresses.get(&ip) {
+                return Err(self.ctx.bad(
+                    raw.span(),
+                    key,
+                    format!("{ip} is already the address of {other}: addresses must be unique"),
+                ));
+            }
+            self.addresses.insert(ip, owner.to_owned());
+        }
+        Ok(a)
+    }
+
+    /// The Pis: one server at most, a known board, Wi-Fi hosts with an SSID and no tags.
+    fn hosts(&mut self, raw: &[RawHost]) -> Result<Vec<Host>, TopologyError> {
+        let ctx = self.ctx;
+        let mut hosts = Vec::new();
+        let mut server_seen: Option<String> = None;
+        for (i, rh) in raw.iter().enumerate() {
+            let key = |k: &str| format!("host[{i}].{k}");
+            let name = self.name(&rh.name, key("name"))?;
+            let board = rh.board.get_ref().clone();
+            if !KNOWN_BOARDS.contains(&board.as_str()) {
+                return Err(ctx.bad(
+                    rh.board.span(),
+                    key("board"),
+                    format!(
+                        "unknown board {board:?}: use one of {}",
+                        KNOWN_BOARDS.join(", ")
+                    ),
+                ));
+            }
+            if rh.role == Role::Server {
+                if let Some(first) = &server_seen {
+                    return Err(ctx.bad(
+                        rh.name.span(),
+                        key("role"),
+                        format!("{first} is already the server: one k3s server per topology"),
+                    ));
+                }
+                server_seen = Some(name.clone());
+            }
+            let vlan = self.vlan(&rh.vlan, key("vlan"))?;
+            let address = self.address(&rh.address, key("address"), &name, &vlan)?;
+            let link = *rh.link.get_ref();
+            let wifi = match (&rh.wifi, link) {
+                (Some(w), _) => {
+                    let ssid = match &w.get_ref().ssid {
+                        Some(s) => match ssid_problem(s.get_ref()) {
+                            None => s.get_ref().clone(),
+                            Some(why) => {
+                                return Err(ctx.bad(s.span(), key("wifi.ssid"), why.into()));
+                            }
+                        },
+                        None => {
+                            return Err(ctx.bad(
+                            w.span(),
+                            key("wifi.ssid"),
+                            format!("host {name} is on Wi-Fi but has no SSID: add ssid = \"...\" to its wifi table"),
+                        ));
+                        }
+                    };
+                    let passphrase = match &w.get_ref().passphrase {
+                        Some(p) => Some(ctx.secret(p, &key("wifi.passphrase"))?),
+                        None => None,
+                    };
+                    Some(Wifi { ssid, passphrase })
+                }
+                (None, Link::Wifi) => {
+                    return Err(ctx.bad(
+                    rh.link.span(),
+                    key("wifi.ssid"),
+                    format!("host {name} is on Wi-Fi but has no SSID: add wifi = {{ ssid = \"...\", passphrase = {{ env = \"...\" }} }}"),
+                ));
+                }
+                (None, Link::Ethernet) => None,
+            };
+            if link == Link::Wifi && rh.tagged {
+                return Err(ctx.bad(
+                    rh.link.span(),
+                    key("tagged"),
+                    "a Wi-Fi host cannot carry tagged VLANs: the SSID maps to the VLAN".into(),
+                ));
+            }
+            hosts.push(Host {
+                name,
+                board,
+                role: rh.role,
+                link,
+                vlan: vlan.name.clone(),
+                tagged: rh.tagged,
+                address,
+                ssh_keys: rh.ssh_keys.clone(),
+                wifi,
+                labels: rh.labels.clone(),
+                taints: rh.taints.clone(),
+            });
+        }
+
+        Ok(hosts)
+    }
+
+    /// The phones: unique serials, a VLAN (the cluster's phone VLAN by default), DHCP unless
+    /// an address is given.
+    fn phones(&mut self, raw: &[RawPhone], phone_vlan: &str) -> Result<Vec<Phone>, TopologyError> {
+        let ctx = self.ctx;
+        let mut phones: Vec<Phone> = Vec::new();
+        for (i, rp) in raw.iter().enumerate() {
+            let key = |k: &str| format!("phone[{i}].{k}");
+            let name = self.name(&rp.name, key("name"))?;
+            if let Some(serial) = &rp.serial
+                && let Some(other) = phones
+                    .iter()
+                    .find(|p| p.serial.as_deref() == Some(serial.get_ref()))
+            {
+                return Err(ctx.bad(
+                    serial.span(),
+                    key("serial"),
+                    format!(
+                        "serial {:?} is already phone {}",
+                        serial.get_ref(),
+                        other.name
+                    ),
+                ));
+            }
+            let vlan = match &rp.vlan {
+                Some(v) => self.vlan(v, key("vlan"))?,
+                None => self
+                    .vlans
+                    .iter()
+                    .find(|v| v.name == phone_vlan)
+                    .cloned()
+                    .ok_or_else(|| {
+                        ctx.bad(
+                            rp.name.span(),
+                            key("vlan"),
+                            "no VLAN for this phone: add vlan = \"...\"".into(),
+                        )
+                    })?,
+            };
+            let address = match &rp.address {
+                Some(a) => self.address(a, key("address"), &name, &vlan)?,
+                None => Address::Dhcp,
+            };
+            phones.push(Phone {
+                name,
+                serial: rp.serial.as_ref().map(|s| s.get_ref().clone()),
+                vlan: vlan.name.clone(),
+                address,
+                iface: rp.iface.clone().unwrap_or_else(|| "wlan0".into()),
+                labels: rp.labels.clone(),
+                taints: rp.taints.clone(),
+                power: rp.power.clone().unwrap_or_default(),
+                data_image_mib: rp.data_image_mib.unwrap_or(layout::phone::DATA_IMAGE_MIB),
+            });
+        }
+
+        Ok(phones)
+    }
+}
+
 impl Topology {
     /// The embedded default lab.
     pub fn embedded_default() -> Topology {
@@ -596,7 +992,8 @@ impl Topology {
     }
 
     /// Parses and validates TOML text; `origin` names it in errors, `base_dir` anchors relative
-    /// paths.
+    /// paths. Each section has its own validator; names and addresses are checked for
+    /// uniqueness across hosts and phones as they come.
     pub fn from_toml_str(
         text: &str,
         origin: &str,
@@ -608,379 +1005,20 @@ impl Topology {
             line: e.span().map(|s| ctx.line(s.start)).unwrap_or(1),
             message: e.message().trim().replace('\n', " "),
         })?;
-
-        // Cluster.
-        let rc = &raw.cluster;
-        let server = rc.server.get_ref().trim_end_matches('/').to_owned();
-        let host_part = server.strip_prefix("https://").unwrap_or("");
-        if host_part.is_empty() || host_part.contains(['/', ' ']) {
-            return Err(ctx.bad(
-                rc.server.span(),
-                "cluster.server".into(),
-                format!(
-                    "{server:?} is not an https:// URL of the k3s server (e.g. https://10.10.10.1:6443); k3s agents only join over https"
-                ),
-            ));
-        }
-        let mut k3s = K3sPin {
-            version: None,
-            sha256: None,
-            url: None,
+        let vlans = validate_vlans(&ctx, &raw.vlan)?;
+        let mut v = Validator {
+            ctx: &ctx,
+            vlans: &vlans,
+            names: HashMap::new(),
+            addresses: HashMap::new(),
         };
-        if let Some(rk) = &rc.k3s {
-            k3s.version = rk.version.clone();
-            if let Some(sha) = &rk.sha256 {
-                let s = sha.get_ref().to_ascii_lowercase();
-                if !is_sha256_hex(&s) {
-                    return Err(ctx.bad(
-                        sha.span(),
-                        "cluster.k3s.sha256".into(),
-                        "is not 64 hex digits: copy the k3s-arm64 line of the release's sha256sum-arm64.txt".into(),
-                    ));
-                }
-                k3s.sha256 = Some(s);
-            }
-            if let Some(url) = &rk.url {
-                if !(url.get_ref().starts_with("https://") || url.get_ref().starts_with("http://"))
-                {
-                    return Err(ctx.bad(
-                        url.span(),
-                        "cluster.k3s.url".into(),
-                        format!("{:?} is not an http(s) URL", url.get_ref()),
-                    ));
-                }
-                k3s.url = Some(url.get_ref().clone());
-            }
-        }
-        let mirror = match &rc.mirror {
-            Some(m)
-                if !(m.get_ref().starts_with("http://") || m.get_ref().starts_with("https://")) =>
-            {
-                return Err(ctx.bad(
-                    m.span(),
-                    "cluster.mirror".into(),
-                    format!("{:?} is not an http(s) URL", m.get_ref()),
-                ));
-            }
-            Some(m) => Some(m.get_ref().trim_end_matches('/').to_owned()),
-            None => None,
-        };
-        let wifi_country = match &rc.wifi_country {
-            Some(c) => {
-                let v = c.get_ref();
-                if v.len() != 2 || !v.bytes().all(|b| b.is_ascii_uppercase()) {
-                    return Err(ctx.bad(
-                        c.span(),
-                        "cluster.wifi_country".into(),
-                        format!("{v:?} is not a two-letter ISO 3166 code such as FR"),
-                    ));
-                }
-                v.clone()
-            }
-            None => "US".into(),
-        };
-        let token = match &rc.token {
-            Some(t) => ctx.secret(t, "cluster.token")?,
-            None => SecretSource::Env("K3S_TOKEN".into()),
-        };
-
-        // VLANs.
-        let mut vlans: Vec<Vlan> = Vec::new();
-        for (i, rv) in raw.vlan.iter().enumerate() {
-            let key = |k: &str| format!("vlan[{i}].{k}");
-            let name = rv.name.get_ref().clone();
-            if let Some(other) = vlans.iter().find(|v| v.name == name) {
-                return Err(ctx.bad(
-                    rv.name.span(),
-                    key("name"),
-                    format!("VLAN {:?} is defined twice: rename one", other.name),
-                ));
-            }
-            let id = *rv.id.get_ref();
-            if !(1..=4094).contains(&id) {
-                return Err(ctx.bad(rv.id.span(), key("id"), format!("{id} is outside 1-4094")));
-            }
-            if let Some(other) = vlans.iter().find(|v| v.id == id) {
-                return Err(ctx.bad(
-                    rv.id.span(),
-                    key("id"),
-                    format!("id {id} is already VLAN {}", other.name),
-                ));
-            }
-            let subnet: Subnet = rv
-                .subnet
-                .get_ref()
-                .parse()
-                .map_err(|m| ctx.bad(rv.subnet.span(), key("subnet"), m))?;
-            if let Some(other) = vlans
-                .iter()
-                .find(|v| v.subnet.contains(subnet.addr) || subnet.contains(v.subnet.addr))
-            {
-                return Err(ctx.bad(
-                    rv.subnet.span(),
-                    key("subnet"),
-                    format!("{subnet} overlaps VLAN {} ({})", other.name, other.subnet),
-                ));
-            }
-            let gateway = match &rv.gateway {
-                Some(g) => {
-                    let ip: IpAddr = g.get_ref().parse().map_err(|_| {
-                        ctx.bad(
-                            g.span(),
-                            key("gateway"),
-                            format!("{:?} is not an IP address", g.get_ref()),
-                        )
-                    })?;
-                    if !subnet.contains(ip) {
-                        return Err(ctx.bad(
-                            g.span(),
-                            key("gateway"),
-                            format!("{ip} is outside the VLAN's subnet {subnet}"),
-                        ));
-                    }
-                    Some(ip)
-                }
-                None => None,
-            };
-            let mut dns = Vec::new();
-            for (j, d) in rv.dns.iter().enumerate() {
-                dns.push(d.get_ref().parse().map_err(|_| {
-                    ctx.bad(
-                        d.span(),
-                        format!("vlan[{i}].dns[{j}]"),
-                        format!("{:?} is not an IP address", d.get_ref()),
-                    )
-                })?);
-            }
-            vlans.push(Vlan {
-                name,
-                id,
-                subnet,
-                gateway,
-                dns,
-            });
-        }
-        let find_vlan = |raw: &Spanned<String>, key: String| -> Result<Vlan, TopologyError> {
-            vlans
-                .iter()
-                .find(|v| v.name == *raw.get_ref())
-                .cloned()
-                .ok_or_else(|| {
-                    ctx.bad(
-                        raw.span(),
-                        key,
-                        format!(
-                            "no VLAN named {:?}; the VLANs are: {}",
-                            raw.get_ref(),
-                            vlans
-                                .iter()
-                                .map(|v| v.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )
-                })
-        };
-        let phone_vlan = match &rc.phone_vlan {
-            Some(pv) => find_vlan(pv, "cluster.phone_vlan".into())?.name,
-            None => vlans.first().map(|v| v.name.clone()).unwrap_or_default(),
-        };
-
-        // Names and addresses must be unique across hosts and phones.
-        let mut names: HashMap<String, usize> = HashMap::new();
-        let mut addresses: HashMap<IpAddr, String> = HashMap::new();
-        let mut check_name = |raw: &Spanned<String>,
-                              key: String|
-         -> Result<String, TopologyError> {
-            let name = raw.get_ref().clone();
-            if !is_dns_label(&name) {
-                return Err(ctx.bad(
-                    raw.span(),
-                    key,
-                    format!("{name:?} is not a valid node name: use lowercase letters, digits and '-', at most 63 characters"),
-                ));
-            }
-            if let Some(line) = names.get(&name) {
-                return Err(ctx.bad(
-                    raw.span(),
-                    key,
-                    format!(
-                        "the name {name:?} is already used on line {line}: names must be unique"
-                    ),
-                ));
-            }
-            names.insert(name.clone(), ctx.line(raw.span().start));
-            Ok(name)
-        };
-        let mut check_addr = |raw: &Spanned<String>,
-                              key: String,
-                              owner: &str,
-                              a: Address|
-         -> Result<(), TopologyError> {
-            if let Address::Static(ip) = a {
-                if let Some(other) = addresses.get(&ip) {
-                    return Err(ctx.bad(
-                        raw.span(),
-                        key,
-                        format!("{ip} is already the address of {other}: addresses must be unique"),
-                    ));
-                }
-                addresses.insert(ip, owner.to_owned());
-            }
-            Ok(())
-        };
-
-        let mut hosts = Vec::new();
-        let mut server_seen: Option<String> = None;
-        for (i, rh) in raw.host.iter().enumerate() {
-            let key = |k: &str| format!("host[{i}].{k}");
-            let name = check_name(&rh.name, key("name"))?;
-            let board = rh.board.get_ref().clone();
-            if !KNOWN_BOARDS.contains(&board.as_str()) {
-                return Err(ctx.bad(
-                    rh.board.span(),
-                    key("board"),
-                    format!(
-                        "unknown board {board:?}: use one of {}",
-                        KNOWN_BOARDS.join(", ")
-                    ),
-                ));
-            }
-            if rh.role == Role::Server {
-                if let Some(first) = &server_seen {
-                    return Err(ctx.bad(
-                        rh.name.span(),
-                        key("role"),
-                        format!("{first} is already the server: one k3s server per topology"),
-                    ));
-                }
-                server_seen = Some(name.clone());
-            }
-            let vlan = find_vlan(&rh.vlan, key("vlan"))?;
-            let address = parse_address(&ctx, &rh.address, &key("address"), &vlan)?;
-            check_addr(&rh.address, key("address"), &name, address)?;
-            let link = *rh.link.get_ref();
-            let wifi = match (&rh.wifi, link) {
-                (Some(w), _) => {
-                    let ssid = match &w.get_ref().ssid {
-                        Some(s) => match ssid_problem(s.get_ref()) {
-                            None => s.get_ref().clone(),
-                            Some(why) => {
-                                return Err(ctx.bad(s.span(), key("wifi.ssid"), why.into()));
-                            }
-                        },
-                        None => {
-                            return Err(ctx.bad(
-                                w.span(),
-                                key("wifi.ssid"),
-                                format!("host {name} is on Wi-Fi but has no SSID: add ssid = \"...\" to its wifi table"),
-                            ));
-                        }
-                    };
-                    let passphrase = match &w.get_ref().passphrase {
-                        Some(p) => Some(ctx.secret(p, &key("wifi.passphrase"))?),
-                        None => None,
-                    };
-                    Some(Wifi { ssid, passphrase })
-                }
-                (None, Link::Wifi) => {
-                    return Err(ctx.bad(
-                        rh.link.span(),
-                        key("wifi.ssid"),
-                        format!("host {name} is on Wi-Fi but has no SSID: add wifi = {{ ssid = \"...\", passphrase = {{ env = \"...\" }} }}"),
-                    ));
-                }
-                (None, Link::Ethernet) => None,
-            };
-            if link == Link::Wifi && rh.tagged {
-                return Err(ctx.bad(
-                    rh.link.span(),
-                    key("tagged"),
-                    "a Wi-Fi host cannot carry tagged VLANs: the SSID maps to the VLAN".into(),
-                ));
-            }
-            hosts.push(Host {
-                name,
-                board,
-                role: rh.role,
-                link,
-                vlan: vlan.name.clone(),
-                tagged: rh.tagged,
-                address,
-                ssh_keys: rh.ssh_keys.clone(),
-                wifi,
-                labels: rh.labels.clone(),
-                taints: rh.taints.clone(),
-            });
-        }
-
-        let mut phones: Vec<Phone> = Vec::new();
-        for (i, rp) in raw.phone.iter().enumerate() {
-            let key = |k: &str| format!("phone[{i}].{k}");
-            let name = check_name(&rp.name, key("name"))?;
-            if let Some(serial) = &rp.serial
-                && let Some(other) = phones
-                    .iter()
-                    .find(|p| p.serial.as_deref() == Some(serial.get_ref()))
-            {
-                return Err(ctx.bad(
-                    serial.span(),
-                    key("serial"),
-                    format!(
-                        "serial {:?} is already phone {}",
-                        serial.get_ref(),
-                        other.name
-                    ),
-                ));
-            }
-            let vlan = match &rp.vlan {
-                Some(v) => find_vlan(v, key("vlan"))?,
-                None => vlans
-                    .iter()
-                    .find(|v| v.name == phone_vlan)
-                    .cloned()
-                    .ok_or_else(|| {
-                        ctx.bad(
-                            rp.name.span(),
-                            key("vlan"),
-                            "no VLAN for this phone: add vlan = \"...\"".into(),
-                        )
-                    })?,
-            };
-            let address = match &rp.address {
-                Some(a) => {
-                    let addr = parse_address(&ctx, a, &key("address"), &vlan)?;
-                    check_addr(a, key("address"), &name, addr)?;
-                    addr
-                }
-                None => Address::Dhcp,
-            };
-            phones.push(Phone {
-                name,
-                serial: rp.serial.as_ref().map(|s| s.get_ref().clone()),
-                vlan: vlan.name.clone(),
-                address,
-                iface: rp.iface.clone().unwrap_or_else(|| "wlan0".into()),
-                labels: rp.labels.clone(),
-                taints: rp.taints.clone(),
-                power: rp.power.clone().unwrap_or_default(),
-                data_image_mib: rp.data_image_mib.unwrap_or(layout::phone::DATA_IMAGE_MIB),
-            });
-        }
-
+        let cluster = validate_cluster(&v, &raw.cluster)?;
+        let hosts = v.hosts(&raw.host)?;
+        let phones = v.phones(&raw.phone, &cluster.phone_vlan)?;
         let topology = Topology {
             origin: origin.to_owned(),
             base_dir: base_dir.to_owned(),
-            cluster: Cluster {
-                name: rc.name.clone().unwrap_or_else(|| "armfleet".into()),
-                server,
-                k3s,
-                mirror,
-                token,
-                search: rc.search.clone(),
-                wifi_country,
-                phone_vlan,
-            },
+            cluster,
             vlans,
             hosts,
             phones,

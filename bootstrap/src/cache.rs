@@ -117,21 +117,23 @@ pub enum ArtifactError {
     Download(#[from] DownloadError),
 }
 
-/// The topology's pinned k3s arm64 binary, from the cache or downloaded (from the mirror when
-/// the topology names one) into `<cache>/downloads`.
+/// The topology's pinned k3s arm64 binary, from the cache or downloaded into `<cache>/downloads`
+/// (from the lab's mirror first when the topology names one, then upstream).
 pub fn fetch_k3s(
     topology: &crate::topology::Topology,
     progress: &dyn Progress,
 ) -> Result<Fetched, ArtifactError> {
-    let (Some(url), Some(sha256)) = (topology.k3s_fetch_url(), &topology.cluster.k3s.sha256) else {
+    let urls = topology.k3s_fetch_urls();
+    let (Some(upstream), Some(sha256)) = (urls.last(), &topology.cluster.k3s.sha256) else {
         return Err(ArtifactError::NotPinned {
             origin: topology.origin.clone(),
         });
     };
     let dir = cache_subdir("downloads")?;
-    let dest = artifact_path(&dir, &url, sha256);
-    Ok(crate::download::fetch_pinned_capped(
-        &url,
+    // Cached under the upstream name whichever source gave it: the pin says it is the same file.
+    let dest = artifact_path(&dir, upstream, sha256);
+    Ok(crate::download::fetch_pinned_from(
+        &urls,
         sha256,
         &dest,
         crate::download::K3S_MAX_BYTES,

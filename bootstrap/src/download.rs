@@ -167,6 +167,33 @@ pub fn fetch_pinned(
     fetch_pinned_capped(url, sha256, dest, DEFAULT_MAX_BYTES, progress)
 }
 
+/// [`fetch_pinned_capped`] from the first of `urls` that gives the pinned file (a lab mirror
+/// first, upstream last): a source that fails or serves something else is said as a note and the
+/// next one is tried. The error of the last one is returned when none gives it.
+pub fn fetch_pinned_from(
+    urls: &[String],
+    sha256: &str,
+    dest: &Path,
+    max_bytes: u64,
+    progress: &dyn Progress,
+) -> Result<Fetched, DownloadError> {
+    let mut last = None;
+    for (i, url) in urls.iter().enumerate() {
+        match fetch_pinned_capped(url, sha256, dest, max_bytes, progress) {
+            Ok(f) => return Ok(f),
+            Err(e) => {
+                if let Some(next) = urls.get(i + 1) {
+                    progress.event(Event::Note(format!("{e}; trying {next}")));
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| DownloadError::BadUrl {
+        url: "(no URL given)".into(),
+    }))
+}
+
 /// [`fetch_pinned`] with its own size cap: a server announcing or sending more than `max_bytes`
 /// is cut off and what it sent deleted.
 pub fn fetch_pinned_capped(

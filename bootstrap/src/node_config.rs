@@ -102,9 +102,12 @@ pub struct K3s {
     /// sha256 of the arm64 binary; when set, a binary that differs is replaced from `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
-    /// Where to fetch the binary when it is absent or differs (a lab mirror, e.g. on the router).
+    /// Where to fetch the binary when it is absent or differs (upstream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The lab's mirror of the same file (the router's artifact mirror), tried before `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
     /// `--data-dir`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -133,7 +136,7 @@ pub struct DataImage {
 }
 
 /// Network settings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
     /// The interface the node talks on (`--flannel-iface`); its address is the node IP unless pinned.
@@ -148,6 +151,53 @@ pub struct Network {
     /// DNS search domains for that `resolv.conf`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub search: Vec<String>,
+    /// Keep the policy-routing rules the agent needs beside Android's (phones; see
+    /// node-runtime's `routing`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub policy_routing: bool,
+    /// The cluster's pod network (the server's `--cluster-cidr`).
+    #[serde(default = "default_pod_cidr")]
+    pub pod_cidr: String,
+    /// The cluster's service network (the server's `--service-cidr`).
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// k3s' default pod network.
+pub const DEFAULT_POD_CIDR: &str = "10.42.0.0/16";
+/// k3s' default service network.
+pub const DEFAULT_SERVICE_CIDR: &str = "10.43.0.0/16";
+
+fn default_pod_cidr() -> String {
+    DEFAULT_POD_CIDR.into()
+}
+fn default_service_cidr() -> String {
+    DEFAULT_SERVICE_CIDR.into()
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            iface: None,
+            node_ip: None,
+            nameservers: Vec::new(),
+            search: Vec::new(),
+            policy_routing: false,
+            pod_cidr: default_pod_cidr(),
+            service_cidr: default_service_cidr(),
+        }
+    }
+}
+
+/// Whether `s` is an IPv4 network in CIDR form (`10.42.0.0/16`).
+pub fn is_ipv4_cidr(s: &str) -> bool {
+    s.split_once('/').is_some_and(|(ip, len)| {
+        ip.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32)
+    })
 }
 
 /// The phone chroot.
@@ -283,6 +333,7 @@ impl Default for K3s {
             bin: default_k3s_bin(),
             sha256: None,
             url: None,
+            mirror: None,
             data_dir: default_data_dir(),
             data_image: None,
             snapshotter: None,
@@ -417,12 +468,14 @@ impl NodeConfig {
                 format!("{sha:?} is not a sha256: expected 64 lowercase hex digits"),
             ));
         }
-        if let Some(url) = &self.k3s.url
-            && !(url.starts_with("https://") || url.starts_with("http://"))
-        {
-            return Err(bad("k3s.url", format!("{url:?} is not an http(s) URL")));
+        for (key, url) in [("k3s.url", &self.k3s.url), ("k3s.mirror", &self.k3s.mirror)] {
+            if let Some(url) = url
+                && !(url.starts_with("https://") || url.starts_with("http://"))
+            {
+                return Err(bad(key, format!("{url:?} is not an http(s) URL")));
+            }
         }
-        if self.k3s.url.is_some() && self.k3s.sha256.is_none() {
+        if (self.k3s.url.is_some() || self.k3s.mirror.is_some()) && self.k3s.sha256.is_none() {
             return Err(bad(
                 "k3s.sha256",
                 "k3s.url is set without a sha256 pin: a downloaded binary must be verified; add the pin".into(),
@@ -542,6 +595,17 @@ impl NodeConfig {
                         "{} must be below agent_resume_above ({}), or the agent would flap",
                         p.agent_stop_below, p.agent_resume_above
                     ),
+                ));
+            }
+        }
+        for (key, cidr) in [
+            ("network.pod_cidr", &self.network.pod_cidr),
+            ("network.service_cidr", &self.network.service_cidr),
+        ] {
+            if !is_ipv4_cidr(cidr) {
+                return Err(bad(
+                    key,
+                    format!("{cidr:?} is not an IPv4 network such as 10.42.0.0/16"),
                 ));
             }
         }

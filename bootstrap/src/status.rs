@@ -53,6 +53,47 @@ pub struct Battery {
     pub charging_allowed: Option<bool>,
 }
 
+/// How the cgroup hierarchies look to the agent. Kubernetes 1.35+ refuses anything but `v2`
+/// unless told otherwise (`failCgroupV1`), so the difference decides the kubelet's flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupLayout {
+    /// Only v1 controllers (Android 7-9: memcg, cpuctl, cpuset under /dev).
+    V1,
+    /// v1 controllers beside a cgroup2 (Android 10+, Debian with systemd's hybrid mode).
+    Hybrid,
+    /// The unified hierarchy only.
+    V2,
+}
+
+impl std::fmt::Display for CgroupLayout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CgroupLayout::V1 => "v1",
+            CgroupLayout::Hybrid => "hybrid",
+            CgroupLayout::V2 => "v2",
+        })
+    }
+}
+
+/// The iptables backend in use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Iptables {
+    /// `legacy`, `nft`, or `default` (Debian's choice left alone).
+    pub backend: String,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// The policy-routing rules kept for the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routing {
+    /// The rules as `ip rule` shows them (`6090: to 10.42.0.0/16 lookup main`).
+    pub rules: Vec<String>,
+    /// The table egress from the pods goes to (the uplink's), when one was found.
+    pub uplink_table: Option<String>,
+}
+
 /// The JSON record in the status file (`status_file` in node.toml).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
@@ -86,6 +127,18 @@ pub struct Status {
     pub battery: Option<Battery>,
     /// A short note for the human (the last problem, the reason for a pause).
     pub message: Option<String>,
+    /// Since when (seconds since the epoch) the kubelet has answered healthy without a break.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_since: Option<u64>,
+    /// The cgroup layout the agent runs on (decided from what node-runtime mounted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups: Option<CgroupLayout>,
+    /// The iptables backend the agent and the rootfs use, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iptables: Option<Iptables>,
+    /// The policy-routing rules node-runtime keeps for the agent (phones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
     /// Whether the supervisor that wrote this record still runs, as `node-runtime status` judged
     /// it on the worker (the pidfile's lock is held by that pid, and it is node-runtime). Never in
     /// the file itself: only a reader on the worker can tell, never one on a laptop.
@@ -119,6 +172,11 @@ impl Status {
         self.live() && self.state == AgentState::Running && self.agent_pid.is_some()
     }
 
+    /// Ready: the agent runs and its kubelet answers its health endpoint.
+    pub fn ready(&self) -> bool {
+        self.agent_up() && self.healthy
+    }
+
     /// A short human view; `stale` when the supervisor is gone.
     pub fn render(&self) -> String {
         let now = unix_now();
@@ -141,8 +199,12 @@ impl Status {
         if let Some(pid) = self.agent_pid {
             out.push_str(&format!("  agent pid {pid}\n"));
         }
+        let since = match (self.healthy, self.healthy_since) {
+            (true, Some(t)) => format!(" for {}", human_secs(now.saturating_sub(t))),
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "  health: {}{}\n",
+            "  health: {}{since}{}\n",
             if self.healthy {
                 "healthy"
             } else {
@@ -168,6 +230,24 @@ impl Status {
         }
         if let Some(ip) = &self.node_ip {
             out.push_str(&format!("  node ip: {ip}\n"));
+        }
+        if let Some(c) = self.cgroups {
+            let note = if c == CgroupLayout::V2 {
+                ""
+            } else {
+                " (kubelet told fail-cgroupv1=false)"
+            };
+            out.push_str(&format!("  cgroups: {c}{note}\n"));
+        }
+        if let Some(i) = &self.iptables {
+            out.push_str(&format!("  iptables: {} ({})\n", i.backend, i.reason));
+        }
+        if let Some(r) = &self.routing {
+            out.push_str(&format!(
+                "  routing: {} rule(s), pod egress via table {}\n",
+                r.rules.len(),
+                r.uplink_table.as_deref().unwrap_or("none")
+            ));
         }
         if let Some(b) = &self.battery {
             out.push_str(&format!(
@@ -299,4 +379,13 @@ pub fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// `42 s`, `3 min`, `2 h 5 min`: an age for people.
+pub fn human_secs(s: u64) -> String {
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
 }

@@ -246,6 +246,23 @@ pub struct Cluster {
     pub wifi_country: String,
     /// The VLAN of phones that have no entry.
     pub phone_vlan: String,
+    /// The pod network (the server's `--cluster-cidr`).
+    pub pod_cidr: String,
+    /// The service network (the server's `--service-cidr`).
+    pub service_cidr: String,
+    /// Arguments for every agent's kubelet, and for every `k3s agent`.
+    pub args: AgentArgs,
+}
+
+/// Extra arguments for the agent: `kubelet_args` (each becomes a `--kubelet-arg`) and
+/// `agent_args` (added to `k3s agent` as given). Cluster-wide, per host and per phone; an entry's
+/// come after the cluster's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentArgs {
+    /// `key=value` kubelet settings.
+    pub kubelet: Vec<String>,
+    /// `--flag[=value]` agent flags.
+    pub agent: Vec<String>,
 }
 
 /// A VLAN.
@@ -319,6 +336,8 @@ pub struct Host {
     pub labels: BTreeMap<String, String>,
     /// Extra node taints.
     pub taints: Vec<String>,
+    /// Its own agent and kubelet arguments (after the cluster's).
+    pub args: AgentArgs,
 }
 
 impl Host {
@@ -353,6 +372,8 @@ pub struct Phone {
     pub power: Power,
     /// Size of the k3s data image.
     pub data_image_mib: u64,
+    /// Its own agent and kubelet arguments (after the cluster's).
+    pub args: AgentArgs,
 }
 
 /// The lab.
@@ -402,6 +423,14 @@ struct RawCluster {
     mirror: Option<Spanned<String>>,
     #[serde(default)]
     k3s: Option<RawK3s>,
+    #[serde(default)]
+    pod_cidr: Option<Spanned<String>>,
+    #[serde(default)]
+    service_cidr: Option<Spanned<String>>,
+    #[serde(default)]
+    kubelet_args: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    agent_args: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -446,6 +475,10 @@ struct RawHost {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     taints: Vec<String>,
+    #[serde(default)]
+    kubelet_args: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    agent_args: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -477,6 +510,10 @@ struct RawPhone {
     power: Option<Power>,
     #[serde(default)]
     data_image_mib: Option<u64>,
+    #[serde(default)]
+    kubelet_args: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    agent_args: Option<Spanned<Vec<String>>>,
 }
 
 struct Ctx<'a> {
@@ -517,6 +554,62 @@ impl Ctx<'_> {
         })?;
         Ok(raw.get_ref().clone())
     }
+}
+
+/// Checks extra agent arguments: armfleet passes the server, the token, the node name and the
+/// data dir itself (a token on a command line would show in `ps`), and kubelet settings are
+/// `key=value` without dashes (each becomes one `--kubelet-arg`).
+fn validate_args(
+    ctx: &Ctx<'_>,
+    kubelet: &Option<Spanned<Vec<String>>>,
+    agent: &Option<Spanned<Vec<String>>>,
+    key: &dyn Fn(&str) -> String,
+) -> Result<AgentArgs, TopologyError> {
+    const MANAGED: &[&str] = &[
+        "--token",
+        "-t",
+        "--token-file",
+        "--server",
+        "-s",
+        "--node-name",
+        "--data-dir",
+        "-d",
+        "--vpn-auth",
+    ];
+    let mut out = AgentArgs::default();
+    if let Some(k) = kubelet {
+        for a in k.get_ref() {
+            if a.starts_with('-') || !a.contains('=') || a.contains("K10") {
+                return Err(ctx.bad(
+                    k.span(),
+                    key("kubelet_args"),
+                    format!("{a:?} is not a kubelet setting: write key=value without dashes, e.g. \"max-pods=30\""),
+                ));
+            }
+        }
+        out.kubelet = k.get_ref().clone();
+    }
+    if let Some(ag) = agent {
+        for a in ag.get_ref() {
+            let name = a.split('=').next().unwrap_or(a);
+            if !a.starts_with('-') {
+                return Err(ctx.bad(
+                    ag.span(),
+                    key("agent_args"),
+                    format!("{a:?} is not a flag: write each as --flag or --flag=value"),
+                ));
+            }
+            if MANAGED.contains(&name) || a.starts_with("K10") || a.contains("::server:") {
+                return Err(ctx.bad(
+                    ag.span(),
+                    key("agent_args"),
+                    format!("{name} is set by armfleet (the token only ever goes in a 0600 file, never on a command line): remove it"),
+                ));
+            }
+        }
+        out.agent = ag.get_ref().clone();
+    }
+    Ok(out)
 }
 
 fn parse_address(
@@ -636,6 +729,31 @@ fn validate_cluster(v: &Validator<'_>, rc: &RawCluster) -> Result<Cluster, Topol
         Some(pv) => v.vlan(pv, "cluster.phone_vlan".into())?.name,
         None => v.vlans.first().map(|v| v.name.clone()).unwrap_or_default(),
     };
+    let cidr = |raw: &Option<Spanned<String>>, key: &str, default: &str| match raw {
+        Some(c) if crate::node_config::is_ipv4_cidr(c.get_ref()) => Ok(c.get_ref().clone()),
+        Some(c) => Err(ctx.bad(
+            c.span(),
+            key.into(),
+            format!(
+                "{:?} is not an IPv4 network such as {default}: give the server's value",
+                c.get_ref()
+            ),
+        )),
+        None => Ok(default.to_owned()),
+    };
+    let pod_cidr = cidr(
+        &rc.pod_cidr,
+        "cluster.pod_cidr",
+        crate::node_config::DEFAULT_POD_CIDR,
+    )?;
+    let service_cidr = cidr(
+        &rc.service_cidr,
+        "cluster.service_cidr",
+        crate::node_config::DEFAULT_SERVICE_CIDR,
+    )?;
+    let args = validate_args(ctx, &rc.kubelet_args, &rc.agent_args, &|k| {
+        format!("cluster.{k}")
+    })?;
     Ok(Cluster {
         name: rc.name.clone().unwrap_or_else(|| "armfleet".into()),
         server,
@@ -645,6 +763,9 @@ fn validate_cluster(v: &Validator<'_>, rc: &RawCluster) -> Result<Cluster, Topol
         search: rc.search.clone(),
         wifi_country,
         phone_vlan,
+        pod_cidr,
+        service_cidr,
+        args,
     })
 }
 
@@ -890,6 +1011,7 @@ impl Validator<'_> {
                 wifi,
                 labels: rh.labels.clone(),
                 taints: rh.taints.clone(),
+                args: validate_args(ctx, &rh.kubelet_args, &rh.agent_args, &key)?,
             });
         }
 
@@ -948,6 +1070,7 @@ impl Validator<'_> {
                 taints: rp.taints.clone(),
                 power: rp.power.clone().unwrap_or_default(),
                 data_image_mib: rp.data_image_mib.unwrap_or(layout::phone::DATA_IMAGE_MIB),
+                args: validate_args(ctx, &rp.kubelet_args, &rp.agent_args, &key)?,
             });
         }
 
@@ -1072,24 +1195,47 @@ impl Topology {
         self.vlans.iter().find(|v| v.name == name)
     }
 
-    /// The URL workers fetch k3s from: the mirror when there is one, else upstream.
-    pub fn k3s_fetch_url(&self) -> Option<String> {
+    /// The pinned k3s on the lab's mirror (its upstream file name under `cluster.mirror`).
+    pub fn k3s_mirror_url(&self) -> Option<String> {
         let upstream = self.cluster.k3s.url.as_deref()?;
-        match &self.cluster.mirror {
-            Some(m) => {
-                let file = upstream.rsplit('/').next().unwrap_or("k3s-arm64");
-                Some(format!("{m}/{file}"))
-            }
-            None => Some(upstream.to_owned()),
-        }
+        let mirror = self.cluster.mirror.as_deref()?;
+        let file = upstream.rsplit('/').next().unwrap_or("k3s-arm64");
+        Some(format!("{mirror}/{file}"))
     }
 
-    fn k3s_section(&self) -> K3s {
+    /// Where the pinned k3s is fetched from, in order: the lab's mirror, then upstream.
+    pub fn k3s_fetch_urls(&self) -> Vec<String> {
+        self.k3s_mirror_url()
+            .into_iter()
+            .chain(self.cluster.k3s.url.clone())
+            .collect()
+    }
+
+    /// The `[k3s]` section of a worker: the pin, the mirror then upstream, and the cluster's
+    /// arguments followed by the entry's own.
+    fn k3s_section(&self, own: &AgentArgs) -> K3s {
+        let mut kubelet_args = self.cluster.args.kubelet.clone();
+        kubelet_args.extend(own.kubelet.iter().cloned());
+        let mut extra_args = self.cluster.args.agent.clone();
+        extra_args.extend(own.agent.iter().cloned());
         K3s {
             version: self.cluster.k3s.version.clone(),
             sha256: self.cluster.k3s.sha256.clone(),
-            url: self.k3s_fetch_url(),
+            url: self.cluster.k3s.url.clone(),
+            mirror: self.k3s_mirror_url(),
+            kubelet_args,
+            extra_args,
             ..K3s::default()
+        }
+    }
+
+    /// The network settings every worker shares (cluster networks, name resolution).
+    fn network_section(&self) -> Network {
+        Network {
+            pod_cidr: self.cluster.pod_cidr.clone(),
+            service_cidr: self.cluster.service_cidr.clone(),
+            search: self.cluster.search.clone(),
+            ..Network::default()
         }
     }
 
@@ -1152,7 +1298,7 @@ impl NodeConfig {
                 token_file: layout::worker::TOKEN_FILE.into(),
                 token_drop: Some(layout::pi::TOKEN_DROP.into()),
             },
-            k3s: topology.k3s_section(),
+            k3s: topology.k3s_section(&host.args),
             network: Network {
                 iface: Some(host.iface(vlan.id)),
                 node_ip: match host.address {
@@ -1161,7 +1307,7 @@ impl NodeConfig {
                 },
                 // systemd-resolved is not in the rootfs; node-runtime writes these for k3s.
                 nameservers: topology.nameservers(vlan),
-                search: topology.cluster.search.clone(),
+                ..topology.network_section()
             },
             labels,
             taints: host.taints.clone(),
@@ -1223,6 +1369,7 @@ impl NodeConfig {
             taints: Vec::new(),
             power: Power::default(),
             data_image_mib: layout::phone::DATA_IMAGE_MIB,
+            args: AgentArgs::default(),
         };
         phone_config(topology, &phone)
     }
@@ -1253,7 +1400,7 @@ fn phone_config(topology: &Topology, phone: &Phone) -> Result<NodeConfig, Topolo
                 path: layout::phone::DATA_IMAGE.into(),
                 size_mib: phone.data_image_mib,
             }),
-            ..topology.k3s_section()
+            ..topology.k3s_section(&phone.args)
         },
         network: Network {
             iface: Some(phone.iface.clone()),
@@ -1263,7 +1410,9 @@ fn phone_config(topology: &Topology, phone: &Phone) -> Result<NodeConfig, Topolo
             },
             // Android has no resolv.conf for the chroot: always give name servers.
             nameservers: vlan.map(|v| topology.nameservers(v)).unwrap_or_default(),
-            search: topology.cluster.search.clone(),
+            // Android routes by policy rules: the agent's are kept beside netd's.
+            policy_routing: true,
+            ..topology.network_section()
         },
         labels,
         taints,
@@ -1398,20 +1547,60 @@ mod tests {
     }
 
     #[test]
-    fn the_mirror_replaces_the_k3s_origin() {
+    fn the_mirror_comes_first_and_upstream_stays_the_fallback() {
         let text = DEFAULT_TOPOLOGY.replace(
             "phone_vlan = \"INFRA\"",
             "phone_vlan = \"INFRA\"\nmirror = \"http://10.10.10.1:8080/armfleet/\"",
         );
         let t = Topology::from_toml_str(&text, "t", Path::new(".")).unwrap();
-        assert_eq!(
-            t.k3s_fetch_url().unwrap(),
-            "http://10.10.10.1:8080/armfleet/k3s-arm64"
+        let urls = t.k3s_fetch_urls();
+        assert_eq!(urls[0], "http://10.10.10.1:8080/armfleet/k3s-arm64");
+        assert!(
+            urls[1].starts_with("https://github.com/k3s-io/k3s/releases/"),
+            "{urls:?}"
         );
         let c = NodeConfig::for_host(&t, "rpi4-2").unwrap();
         assert_eq!(
-            c.k3s.url.as_deref(),
+            c.k3s.mirror.as_deref(),
             Some("http://10.10.10.1:8080/armfleet/k3s-arm64")
         );
+        assert_eq!(c.k3s.url.as_deref(), Some(urls[1].as_str()));
+    }
+
+    #[test]
+    fn agent_and_kubelet_args_come_from_cluster_and_entry_and_never_carry_a_token() {
+        let text = DEFAULT_TOPOLOGY.replace(
+            "phone_vlan = \"INFRA\"",
+            "phone_vlan = \"INFRA\"\nkubelet_args = [\"max-pods=40\"]\nagent_args = [\"--selinux\"]\npod_cidr = \"10.52.0.0/16\"",
+        );
+        let t = Topology::from_toml_str(&text, "t", Path::new(".")).unwrap();
+        let c = NodeConfig::for_host(&t, "rpi4-2").unwrap();
+        assert_eq!(c.k3s.kubelet_args, ["max-pods=40"]);
+        assert_eq!(c.k3s.extra_args, ["--selinux"]);
+        assert_eq!(c.network.pod_cidr, "10.52.0.0/16");
+        assert!(!c.network.policy_routing, "a Pi routes by its main table");
+        for (bad, key) in [
+            (
+                "agent_args = [\"--token=K10abc::server:pw\"]",
+                "cluster.agent_args",
+            ),
+            (
+                "agent_args = [\"--server=https://x:6443\"]",
+                "cluster.agent_args",
+            ),
+            ("kubelet_args = [\"--max-pods=3\"]", "cluster.kubelet_args"),
+            ("pod_cidr = \"10.42.0.0\"", "cluster.pod_cidr"),
+        ] {
+            let text = DEFAULT_TOPOLOGY.replace(
+                "phone_vlan = \"INFRA\"",
+                &format!("phone_vlan = \"INFRA\"\n{bad}"),
+            );
+            let e = Topology::from_toml_str(&text, "lab.toml", Path::new("."))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("lab.toml:") && e.contains(key), "{bad}: {e}");
+            assert!(!e.contains("K10abc"), "the token is not repeated: {e}");
+        }
     }
 }

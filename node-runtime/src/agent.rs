@@ -5,6 +5,7 @@
 //! environment, where any user could read it through `/proc/PID/cmdline` or `/proc/PID/environ`.
 
 use bootstrap::NodeConfig;
+use bootstrap::status::CgroupLayout;
 use std::net::IpAddr;
 
 /// Why the agent cannot be started with this config.
@@ -23,7 +24,17 @@ pub enum AgentError {
 }
 
 /// The agent's argv (without the program), given the node IP to pass.
-pub fn agent_args(config: &NodeConfig, node_ip: Option<IpAddr>) -> Vec<String> {
+/// The kubelet argument that lets Kubernetes 1.35+ run on cgroup v1 (`failCgroupV1` defaults to
+/// true since KEP-5573, and the kubelet exits on a v1 or hybrid host).
+pub const FAIL_CGROUP_V1_OFF: &str = "fail-cgroupv1=false";
+
+/// The `k3s agent` command line. `cgroups` is the layout the agent runs on: anything but v2
+/// gets [`FAIL_CGROUP_V1_OFF`].
+pub fn agent_args(
+    config: &NodeConfig,
+    node_ip: Option<IpAddr>,
+    cgroups: CgroupLayout,
+) -> Vec<String> {
     let mut a: Vec<String> = vec!["agent".into()];
     let mut flag = |k: &str, v: String| {
         a.push(k.to_owned());
@@ -56,6 +67,14 @@ pub fn agent_args(config: &NodeConfig, node_ip: Option<IpAddr>) -> Vec<String> {
     }
     for k in &config.k3s.kubelet_args {
         flag("--kubelet-arg", k.clone());
+    }
+    let said = config
+        .k3s
+        .kubelet_args
+        .iter()
+        .any(|k| k.starts_with("fail-cgroupv1="));
+    if cgroups != CgroupLayout::V2 && !said {
+        flag("--kubelet-arg", FAIL_CGROUP_V1_OFF.into());
     }
     a.extend(config.k3s.extra_args.iter().cloned());
     a
@@ -154,7 +173,7 @@ nameservers = ["10.10.0.1"]
         c.taints.push("armfleet.io/battery=true:NoSchedule".into());
         let ip = node_ip(&c).unwrap();
         assert_eq!(ip, Some("127.0.0.1".parse().unwrap()));
-        let a = agent_args(&c, ip);
+        let a = agent_args(&c, ip, CgroupLayout::V2);
         let joined = a.join(" ");
         assert!(joined.starts_with("agent --server https://10.10.0.1:6443 --token-file /etc/armfleet/token --node-name phone-1"), "{joined}");
         for want in [
@@ -170,6 +189,27 @@ nameservers = ["10.10.0.1"]
         }
         assert!(joined.ends_with("--disable-apiserver-lb"));
         assert!(!a.iter().any(|x| x == "--token"));
+        assert!(!joined.contains("fail-cgroupv1"), "v2 needs no override");
+    }
+
+    #[test]
+    fn v1_and_hybrid_layouts_tell_the_kubelet_to_run_anyway() {
+        let c = NodeConfig::from_toml_str(CONF, "t").unwrap();
+        for layout in [CgroupLayout::V1, CgroupLayout::Hybrid] {
+            let a = agent_args(&c, None, layout).join(" ");
+            assert!(
+                a.contains("--kubelet-arg fail-cgroupv1=false"),
+                "{layout}: {a}"
+            );
+        }
+        // The owner's own choice in node.toml stands.
+        let mut c = c;
+        c.k3s.kubelet_args.push("fail-cgroupv1=true".into());
+        let a = agent_args(&c, None, CgroupLayout::V1).join(" ");
+        assert!(
+            a.contains("fail-cgroupv1=true") && !a.contains("fail-cgroupv1=false"),
+            "{a}"
+        );
     }
 
     #[test]

@@ -190,7 +190,47 @@ pub enum CgroupPlan {
         hierarchies: Vec<(PathBuf, String)>,
         /// A cgroup2 mount to expose as `/sys/fs/cgroup/unified`.
         unified: Option<PathBuf>,
+        /// Controllers the kernel has but nothing here mounts (Android mounts no `pids`, which
+        /// k3s cannot run without): mounted as their own v1 hierarchy inside the chroot only.
+        mount_v1: Vec<String>,
     },
+}
+
+impl CgroupPlan {
+    /// What the agent sees: the kubelet treats anything but a cgroup2 `/sys/fs/cgroup` as v1.
+    pub fn layout(&self) -> bootstrap::status::CgroupLayout {
+        use bootstrap::status::CgroupLayout;
+        match self {
+            CgroupPlan::V2 => CgroupLayout::V2,
+            CgroupPlan::V1 { unified: None, .. } => CgroupLayout::V1,
+            CgroupPlan::V1 {
+                unified: Some(_), ..
+            } => CgroupLayout::Hybrid,
+        }
+    }
+}
+
+/// Controllers of `/proc/cgroups` that are enabled, known to k3s, not among `mounted`, and not
+/// taken by the cgroup2 hierarchy (`v2_controllers`: a controller bound there cannot also be
+/// mounted as v1).
+fn unmounted_v1_controllers(
+    proc_cgroups: &str,
+    mounted: &BTreeSet<&str>,
+    v2_controllers: &BTreeSet<&str>,
+) -> Vec<String> {
+    proc_cgroups
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // subsys_name hierarchy num_cgroups enabled
+            (f.len() >= 4 && f[3] == "1").then_some(f[0])
+        })
+        .filter(|c| {
+            V1_CONTROLLERS.contains(c) && !mounted.contains(c) && !v2_controllers.contains(c)
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Decides the cgroup layout from the host's mountinfo and the controllers the v2 root offers
@@ -200,6 +240,7 @@ pub fn plan_cgroups(
     mountinfo: &str,
     v2_controllers: Option<&str>,
     proc_filesystems: &str,
+    proc_cgroups: &str,
 ) -> Result<CgroupPlan, ChrootError> {
     let mounts = parse_mountinfo(mountinfo);
     let v2_root = mounts
@@ -243,9 +284,13 @@ pub fn plan_cgroups(
             .iter()
             .find(|m| m.fstype == "cgroup2")
             .map(|m| m.mount_point.clone());
+        let mounted: BTreeSet<&str> = hierarchies.iter().flat_map(|(_, n)| n.split(',')).collect();
+        let v2: BTreeSet<&str> = v2_controllers.unwrap_or("").split_whitespace().collect();
+        let mount_v1 = unmounted_v1_controllers(proc_cgroups, &mounted, &v2);
         return Ok(CgroupPlan::V1 {
             hierarchies,
             unified,
+            mount_v1,
         });
     }
     if v2_root {
@@ -272,7 +317,8 @@ pub fn host_cgroup_plan() -> Result<CgroupPlan, ChrootError> {
         .map_err(io(Path::new("/proc/self/mountinfo")))?;
     let ctrls = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").ok();
     let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    plan_cgroups(&mi, ctrls.as_deref(), &fs)
+    let cgroups = std::fs::read_to_string("/proc/cgroups").unwrap_or_default();
+    plan_cgroups(&mi, ctrls.as_deref(), &fs, &cgroups)
 }
 
 /// Mount points of this mount namespace.
@@ -407,6 +453,7 @@ fn mount_cgroups(root: &Path, plan: &CgroupPlan) -> Result<(), ChrootError> {
         CgroupPlan::V1 {
             hierarchies,
             unified,
+            mount_v1,
         } => {
             mount_fs(
                 "tmpfs",
@@ -424,6 +471,15 @@ fn mount_cgroups(root: &Path, plan: &CgroupPlan) -> Result<(), ChrootError> {
                             std::os::unix::fs::symlink(name, &link).map_err(io(&link))?;
                         }
                     }
+                }
+            }
+            for ctrl in mount_v1 {
+                let dst = target.join(ctrl);
+                let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+                // Not fatal: k3s names what it misses, and Android's own hierarchies are intact.
+                if let Err(e) = mount_fs("cgroup", &dst, flags, Some(ctrl)) {
+                    tracing::warn!("cannot mount the {ctrl} cgroup controller: {e}");
+                    let _ = std::fs::remove_dir(&dst);
                 }
             }
             if let Some(u) = unified {
@@ -668,14 +724,26 @@ mod tests {
 
     #[test]
     fn android_v1_controllers_under_dev_are_planned() {
-        let plan = plan_cgroups(ANDROID_V1, None, "nodev\tcgroup\nnodev\tcgroup2\n").unwrap();
+        let proc_cgroups = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t2\t5\t1\ncpu\t3\t9\t1\nmemory\t4\t60\t1\npids\t0\t1\t1\ndevices\t0\t1\t0\n";
+        let plan = plan_cgroups(
+            ANDROID_V1,
+            None,
+            "nodev\tcgroup\nnodev\tcgroup2\n",
+            proc_cgroups,
+        )
+        .unwrap();
+        assert_eq!(plan.layout(), bootstrap::status::CgroupLayout::Hybrid);
         let CgroupPlan::V1 {
             hierarchies,
             unified,
+            mount_v1,
         } = plan
         else {
             panic!("expected v1: {plan:?}")
         };
+        // Android mounts no pids hierarchy; k3s needs one: mounted in the chroot. A disabled
+        // controller (devices here) is not.
+        assert_eq!(mount_v1, vec!["pids".to_owned()]);
         assert!(hierarchies.contains(&(PathBuf::from("/dev/memcg"), "memory".into())));
         assert!(hierarchies.contains(&(PathBuf::from("/dev/cpuset"), "cpuset".into())));
         assert!(hierarchies.contains(&(PathBuf::from("/dev/cpuctl"), "cpu".into())));
@@ -689,7 +757,13 @@ mod tests {
     fn v2_root_with_controllers_is_bound() {
         let mi = "25 20 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n";
         assert_eq!(
-            plan_cgroups(mi, Some("cpuset cpu io memory pids"), "nodev\tcgroup2\n").unwrap(),
+            plan_cgroups(
+                mi,
+                Some("cpuset cpu io memory pids"),
+                "nodev\tcgroup2\n",
+                ""
+            )
+            .unwrap(),
             CgroupPlan::V2
         );
     }
@@ -697,7 +771,7 @@ mod tests {
     #[test]
     fn kernel_without_cgroups_is_refused_clearly() {
         let mi = "20 1 0:19 / /dev rw - tmpfs tmpfs rw\n";
-        let e = plan_cgroups(mi, None, "nodev\tsysfs\nnodev\tproc\n")
+        let e = plan_cgroups(mi, None, "nodev\tsysfs\nnodev\tproc\n", "")
             .unwrap_err()
             .to_string();
         assert!(

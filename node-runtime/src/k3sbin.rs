@@ -50,7 +50,14 @@ pub fn ensure_k3s(
         path: bin.to_owned(),
         source,
     };
-    match (&config.k3s.sha256, &config.k3s.url) {
+    let urls: Vec<String> = config
+        .k3s
+        .mirror
+        .iter()
+        .chain(config.k3s.url.iter())
+        .cloned()
+        .collect();
+    match (&config.k3s.sha256, urls.is_empty()) {
         (None, _) => {
             if bin.is_file() {
                 Ok(false)
@@ -58,7 +65,7 @@ pub fn ensure_k3s(
                 Err(K3sBinError::Missing(bin.to_owned()))
             }
         }
-        (Some(pin), None) => {
+        (Some(pin), true) => {
             if !bin.is_file() {
                 return Err(K3sBinError::Missing(bin.to_owned()));
             }
@@ -72,9 +79,10 @@ pub fn ensure_k3s(
             }
             Ok(false)
         }
-        (Some(pin), Some(url)) => {
-            let fetched = bootstrap::download::fetch_pinned_capped(
-                url,
+        (Some(pin), false) => {
+            // The lab's mirror first (the LAN), upstream last (the uplink, maybe 4G).
+            let fetched = bootstrap::download::fetch_pinned_from(
+                &urls,
                 pin,
                 bin,
                 bootstrap::download::K3S_MAX_BYTES,
@@ -87,7 +95,7 @@ pub fn ensure_k3s(
             }
             if !fetched.already_present {
                 progress.event(Event::Note(format!(
-                    "k3s binary {} fetched from {url} ({} bytes{})",
+                    "k3s binary {} fetched ({} bytes{})",
                     bin.display(),
                     fetched.size,
                     if fetched.resumed { ", resumed" } else { "" }

@@ -6,6 +6,8 @@
 //! - [`supervisor`]: runs the agent, restarts it with backoff, logs, health, signals.
 //! - [`logs`]: size-rotated log files.
 //! - [`power`]: phone battery care (charge switch, low-battery pause) and the wakelock.
+//! - [`iptables`]: which iptables backend the agent and the rootfs use, and why.
+//! - [`routing`]: the policy-routing rules the agent needs beside Android's.
 //! - [`chroot`]: the phone's chroot in its own mount namespace, cgroups, the ext4 data image.
 //! - [`daemon`]: `run --detach` and `stop`.
 //! - [`pidfile`]: the pidfile lock that says which supervisor runs.
@@ -19,10 +21,12 @@ pub mod beneath;
 pub mod chroot;
 pub mod daemon;
 pub mod files;
+pub mod iptables;
 pub mod k3sbin;
 pub mod logs;
 pub mod pidfile;
 pub mod power;
+pub mod routing;
 pub mod supervisor;
 pub mod token;
 pub mod unpack;

@@ -9,10 +9,12 @@
 
 use crate::agent::{self, AgentError};
 use crate::chroot::{self, ChrootError};
+use crate::iptables;
 use crate::k3sbin::{self, K3sBinError};
 use crate::logs::RotatingLog;
 use crate::pidfile::{ClaimError, PidLock};
 use crate::power::{self, ChargeSwitch, PowerAction, PowerPolicy, Wakelock};
+use crate::routing;
 use crate::token::{self, TokenError};
 use crate::unix_now;
 use bootstrap::NodeConfig;
@@ -197,6 +199,10 @@ fn prepare_and_run(config_path: &Path, ready: &mut Option<OwnedFd>) -> Result<()
         node_ip: None,
         battery: None,
         message: None,
+        healthy_since: None,
+        cgroups: None,
+        iptables: None,
+        routing: None,
         supervisor_running: None,
     };
     let prepared = prepare(&config, config_path);
@@ -204,6 +210,7 @@ fn prepare_and_run(config_path: &Path, ready: &mut Option<OwnedFd>) -> Result<()
         wakelock,
         config_dir,
         power_dir,
+        cgroups,
     } = match prepared {
         Ok(v) => v,
         Err(e) => {
@@ -216,6 +223,8 @@ fn prepare_and_run(config_path: &Path, ready: &mut Option<OwnedFd>) -> Result<()
     };
     let mut sup = Supervisor::new(config, config_dir, status)?;
     sup.power_dir = power_dir;
+    sup.cgroups = cgroups;
+    sup.status.cgroups = Some(cgroups);
     sup.config_name = config_path.file_name().unwrap_or_default().to_owned();
     let prep = sup.prepare_inside();
     if let Err(e) = prep {
@@ -298,6 +307,8 @@ struct Prepared {
     /// The power_supply directory as Android's side shows it: a phone's chroot binds `/sys`
     /// alone, and what is mounted below it there (a vendor's power_supply) stays outside.
     power_dir: Option<std::fs::File>,
+    /// The cgroup layout the agent gets (from the plan that was mounted).
+    cgroups: bootstrap::status::CgroupLayout,
 }
 
 fn prepare(config: &NodeConfig, config_path: &Path) -> Result<Prepared, RunError> {
@@ -334,6 +345,7 @@ fn prepare(config: &NodeConfig, config_path: &Path) -> Result<Prepared, RunError
         wakelock,
         config_dir,
         power_dir,
+        cgroups: plan.layout(),
     })
 }
 
@@ -355,6 +367,12 @@ struct Supervisor {
     config_name: std::ffi::OsString,
     /// See [`Prepared::power_dir`]; read through `/proc/self/fd`.
     power_dir: Option<std::fs::File>,
+    /// See [`Prepared::cgroups`].
+    cgroups: bootstrap::status::CgroupLayout,
+    /// The iptables backend given to the agent.
+    iptables: Option<iptables::Decision>,
+    /// The policy rules kept for the agent (phones).
+    router: Option<routing::Router>,
     args: Vec<String>,
     node_ip: Option<IpAddr>,
     run: Option<Run>,
@@ -389,6 +407,9 @@ impl Supervisor {
             config,
             config_dir,
             power_dir: None,
+            cgroups: bootstrap::status::CgroupLayout::V2,
+            iptables: None,
+            router: None,
             args: Vec::new(),
             node_ip: None,
             run: None,
@@ -425,7 +446,30 @@ impl Supervisor {
         }
         self.node_ip = agent::node_ip(&self.config)?;
         self.status.node_ip = self.node_ip.map(|i| i.to_string());
-        self.args = agent::agent_args(&self.config, self.node_ip);
+        self.args = agent::agent_args(&self.config, self.node_ip, self.cgroups);
+        // The kernel config, read where the agent will run (/proc of the chroot on a phone).
+        let config_text = bootstrap::kernel::local_config().ok().map(|(t, _)| t);
+        let decision = iptables::decide(
+            self.config.chroot.is_some(),
+            iptables::kernel_has_nf_tables(config_text.as_deref()),
+        );
+        for note in iptables::apply(&decision, Path::new("/")) {
+            self.say(format!("iptables: {note}"));
+        }
+        self.say(format!(
+            "iptables: {} ({})",
+            decision.backend, decision.reason
+        ));
+        self.status.iptables = Some(decision.to_status());
+        self.iptables = Some(decision);
+        if self.config.network.policy_routing {
+            self.router = Some(routing::Router::new(routing::Inputs {
+                pod_cidr: self.config.network.pod_cidr.clone(),
+                service_cidr: self.config.network.service_cidr.clone(),
+                iface: self.config.network.iface.clone(),
+            }));
+            self.ensure_routes();
+        }
         if let Some(p) = &self.config.power {
             let dir = match &self.power_dir {
                 Some(d) => PathBuf::from(format!("/proc/self/fd/{}", d.as_raw_fd())),
@@ -454,6 +498,19 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Installs the policy rules the agent needs that are missing (netd may have rewritten its
+    /// own); problems go to the log and the status note, and are retried at the next tick.
+    fn ensure_routes(&mut self) {
+        let Some(router) = &mut self.router else {
+            return;
+        };
+        let (state, problems) = router.ensure();
+        self.status.routing = Some(state);
+        for p in problems {
+            self.say(format!("policy routing: {p}"));
+        }
+    }
+
     /// A supervisor line: in the log (stderr: systemd's journal, or the detached run's log file)
     /// and in the agent's log file, where it explains the agent's restarts. Never the token.
     fn say(&self, msg: String) {
@@ -480,6 +537,14 @@ impl Supervisor {
                 self.kill_at = None;
             }
             if self.stopping && self.run.is_none() {
+                if let Some(router) = &mut self.router {
+                    // Exactly the rules it added: netd's stay as they are.
+                    let problems = router.remove();
+                    self.status.routing = Some(router.status());
+                    for p in problems {
+                        self.say(format!("policy routing: {p}"));
+                    }
+                }
                 self.status.state = AgentState::Stopped;
                 self.status.agent_pid = None;
                 self.status.healthy = false;
@@ -598,7 +663,7 @@ impl Supervisor {
                 return;
             }
         };
-        let args = agent::agent_args(&new, ip);
+        let args = agent::agent_args(&new, ip, self.cgroups);
         if let Ok(mut l) = self.log.lock()
             && (new.logs != self.config.logs)
             && let Ok(nl) = RotatingLog::open(
@@ -678,6 +743,9 @@ impl Supervisor {
             .env_remove("K3S_CLUSTER_SECRET")
             .env_remove("K3S_TOKEN_FILE")
             .env_remove("K3S_URL");
+        if let Some((k, v)) = self.iptables.as_ref().and_then(iptables::agent_env) {
+            cmd.env(k, v);
+        }
         if self.config.chroot.is_some() {
             // Android's PATH names /system paths that do not exist in the chroot.
             cmd.env(
@@ -707,6 +775,7 @@ impl Supervisor {
                 self.status.state = AgentState::Running;
                 self.status.agent_pid = Some(child.id());
                 self.status.healthy = false;
+                self.status.healthy_since = None;
                 self.status.healthz = None;
                 self.status.message = None;
                 self.next_probe = Instant::now() + Duration::from_millis(500);
@@ -776,6 +845,7 @@ impl Supervisor {
         self.status.last_exit = Some(last);
         self.status.agent_pid = None;
         self.status.healthy = false;
+        self.status.healthy_since = None;
         self.kill_at = None;
         if self.stopping {
             return;
@@ -796,8 +866,14 @@ impl Supervisor {
 
     fn probe(&mut self) {
         let (ok, word) = probe_healthz(self.config.supervise.healthz_port);
+        self.status.healthy_since = match (ok, self.status.healthy_since) {
+            (true, Some(t)) => Some(t),
+            (true, None) => Some(unix_now()),
+            (false, _) => None,
+        };
         self.status.healthy = ok;
         self.status.healthz = Some(word);
+        self.ensure_routes();
         self.next_probe = Instant::now()
             + if ok {
                 Duration::from_secs(10)

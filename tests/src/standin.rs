@@ -53,6 +53,10 @@ pub struct Node {
     /// `network.nameservers` value, e.g. `["10.10.0.1"]` (empty: none; a Pi-style node with
     /// nameservers writes the host's /etc/armfleet/resolv.conf).
     pub nameservers: String,
+    /// `network.iface` (default `lo`).
+    pub iface: String,
+    /// Extra keys for the `[network]` table.
+    pub network_keys: String,
 }
 
 impl Node {
@@ -76,6 +80,8 @@ impl Node {
             logs_keys: String::new(),
             labels: "\"armfleet.io/kind\" = \"pi\"\n".into(),
             nameservers: String::new(),
+            iface: "lo".into(),
+            network_keys: String::new(),
         }
     }
 
@@ -101,8 +107,9 @@ data_dir = "{d}/k3s-data"
 kubelet_args = ["healthz-port={port}"]
 {k3s}
 [network]
-iface = "lo"
+iface = "{iface}"
 {ns}
+{net}
 [labels]
 {labels}
 [supervise]
@@ -119,6 +126,8 @@ dir = "{d}/log"
             sup = self.supervise_keys,
             logs = self.logs_keys,
             extra = self.extra_toml,
+            iface = self.iface,
+            net = self.network_keys,
             ns = if self.nameservers.is_empty() {
                 String::new()
             } else {

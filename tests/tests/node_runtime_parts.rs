@@ -1225,3 +1225,229 @@ fn unpack_bytes_leaves_the_rest_of_stdin_to_write_files() {
     let mode = std::fs::metadata(&token).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode, 0o600);
 }
+
+// ---------------------------------------------------------------- policy routing
+
+/// A network namespace made by the test, deleted with it.
+struct NetNs(String);
+
+impl NetNs {
+    fn new() -> NetNs {
+        let name = format!("armfleet-rt-{}", std::process::id());
+        // A namespace left by a killed run of this test under the same pid.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        NetNs(name)
+    }
+
+    fn ip(&self, args: &str) -> String {
+        let out = Command::new("ip")
+            .arg("-n")
+            .arg(&self.0)
+            .args(args.split_whitespace())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ip -n {} {args}: {}",
+            self.0,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn rules(&self) -> String {
+        self.ip("-4 rule show")
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Loads netd's rules (a real phone's listing, tests/data/netd/) into `ns`, with a `wlan0` whose
+/// routes live in its own table (1030) and a main table without a default route, as on a phone.
+fn android_network(ns: &NetNs) {
+    ns.ip("link set lo up");
+    for (dev, addr) in [("wlan0", "192.168.50.20/24"), ("rmnet1", "100.64.0.2/24")] {
+        // veth pairs (the peer stays unused): kernels without the dummy module have veth, which
+        // k3s needs anyway.
+        ns.ip(&format!("link add {dev} type veth peer name {dev}-peer"));
+        ns.ip(&format!("link set {dev} up"));
+        ns.ip(&format!("link set {dev}-peer up"));
+        ns.ip(&format!("addr add {addr} dev {dev}"));
+    }
+    ns.ip("route add 192.168.50.0/24 dev wlan0 table 1030");
+    ns.ip("route add default via 192.168.50.1 dev wlan0 onlink table 1030");
+    ns.ip("route add default via 100.64.0.1 dev rmnet1 onlink table 1021");
+    // netd keeps connected routes out of main.
+    ns.ip("route del 192.168.50.0/24 dev wlan0 table main");
+    ns.ip("route del 100.64.0.0/24 dev rmnet1 table main");
+    // Linux's own rules go; netd's come from the listing.
+    ns.ip("rule del pref 32766");
+    ns.ip("rule del pref 32767");
+    let listing =
+        std::fs::read_to_string(workspace_root().join("tests/data/netd/pixel7a-ip-rule.txt"))
+            .unwrap();
+    for line in listing.lines() {
+        let (pref, rest) = line.split_once(':').unwrap();
+        if pref.trim() == "0" {
+            continue;
+        }
+        let rest = rest.trim().trim_start_matches("from all ").trim();
+        if rest == "unreachable" {
+            ns.ip(&format!("rule add pref {} unreachable", pref.trim()));
+        } else {
+            ns.ip(&format!("rule add pref {} {rest}", pref.trim()));
+        }
+    }
+    // What flannel leaves in main: the pod network behind cni0 and flannel.1.
+    for (dev, peer) in [("cni0", "cni0-peer"), ("flannel.1", "flannel-peer")] {
+        ns.ip(&format!("link add {dev} type veth peer name {peer}"));
+        ns.ip(&format!("link set {dev} up"));
+        ns.ip(&format!("link set {peer} up"));
+    }
+    ns.ip("addr add 10.42.0.1/24 dev cni0");
+    // A node forwards (k3s turns it on; Android does for tethering).
+    run_ok(Command::new("ip").args([
+        "netns",
+        "exec",
+        &ns.0,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]));
+    ns.ip("route add 10.42.1.0/24 dev flannel.1");
+}
+
+/// The agent's rules beside netd's, in a network namespace shaped like a phone's: installed at
+/// start (pods reach the cluster through main and the world through wlan0's table), put back
+/// when netd drops them, moved when the uplink's table moves, and exactly they removed at stop.
+#[test]
+fn policy_rules_for_the_agent_live_beside_netds_and_leave_with_it() {
+    if !nix::unistd::Uid::effective().is_root() && skip_for_missing("root (network namespaces)") {
+        return;
+    }
+    let ns = NetNs::new();
+    android_network(&ns);
+    let netd_rules = ns.rules();
+    // On an Android rule set, forwarded pod traffic has nowhere to go.
+    let before = Command::new("ip")
+        .args([
+            "-n",
+            &ns.0,
+            "route",
+            "get",
+            "1.1.1.1",
+            "from",
+            "10.42.0.9",
+            "iif",
+            "cni0",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !before.status.success(),
+        "pod egress should be unreachable before the rules"
+    );
+
+    let mut node = Node::new();
+    node.iface = "wlan0".into();
+    node.network_keys = "policy_routing = true\n".into();
+    let config = node.write_config();
+    let mut rt = KillOnDrop(
+        // nsenter, not `ip netns exec`: that also remounts /sys, hiding the cgroup mounts.
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.0))
+            .arg(aarch64_bin("node-runtime"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stderr(std::fs::File::create(node.path("runtime.err")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let st = wait_for("rules installed", T, || {
+        node.status()
+            .filter(|s| s.routing.as_ref().is_some_and(|r| r.rules.len() == 5))
+            .or_else(|| {
+                // Say what the supervisor said when it gives up.
+                (rt.0.try_wait().ok().flatten().is_some())
+                    .then(|| panic!("node-runtime exited: {}", node.stderr()))
+            })
+    });
+    let routing = st.routing.unwrap();
+    assert_eq!(routing.uplink_table.as_deref(), Some("1030"));
+    let rules = ns.rules();
+    for want in [
+        "6090:\tfrom all to 10.42.0.0/16 lookup main",
+        "6090:\tfrom all to 10.43.0.0/16 lookup main",
+        "6090:\tfrom all iif cni0 lookup main",
+        "6090:\tfrom all iif flannel.1 lookup main",
+        "6100:\tfrom all iif cni0 lookup 1030",
+    ] {
+        assert!(rules.contains(want), "{want:?} missing from:\n{rules}");
+    }
+    let route = |args: &str| ns.ip(&format!("route get {args}"));
+    assert!(route("1.1.1.1 from 10.42.0.9 iif cni0").contains("via 192.168.50.1 dev wlan0"));
+    assert!(
+        route("10.42.1.7").contains("dev flannel.1"),
+        "to the pod network through main"
+    );
+
+    // netd rewrites its rules when the network changes: a lost rule comes back at the next tick.
+    ns.ip("rule del pref 6100 iif cni0 lookup 1030");
+    wait_for("the egress rule put back", T, || {
+        ns.rules()
+            .contains("6100:\tfrom all iif cni0 lookup 1030")
+            .then_some(())
+    });
+    // The phone moves to mobile data: wlan0's rules go, the default network is rmnet1's table.
+    ns.ip("rule del pref 17000 iif lo oif wlan0 lookup 1030");
+    ns.ip("rule del pref 11000 iif lo oif wlan0 uidrange 0-0 lookup 1030");
+    ns.ip("rule del pref 31000 fwmark 0x0/0xffff iif lo lookup 1030");
+    ns.ip("rule add pref 31000 fwmark 0x0/0xffff iif lo lookup 1021");
+    let moved = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(200));
+        ns.rules().contains("6100:\tfrom all iif cni0 lookup 1021")
+    });
+    assert!(
+        moved,
+        "egress did not move to 1021:\n{}\nnode-runtime:\n{}\nstatus: {:?}",
+        ns.rules(),
+        node.stderr(),
+        node.status().map(|s| s.routing)
+    );
+    assert!(!ns.rules().contains("6100:\tfrom all iif cni0 lookup 1030"));
+    ns.ip("rule del pref 31000 fwmark 0x0/0xffff iif lo lookup 1021");
+    ns.ip("rule add pref 31000 fwmark 0x0/0xffff iif lo lookup 1030");
+    ns.ip("rule add pref 17000 iif lo oif wlan0 lookup 1030");
+    ns.ip("rule add pref 11000 iif lo oif wlan0 uidrange 0-0 lookup 1030");
+
+    signal(rt.0.id(), Signal::SIGTERM);
+    assert!(wait_exit(&mut rt.0, T).success(), "{}", node.stderr());
+    let after = ns.rules();
+    let sorted = |t: &str| {
+        let mut v: Vec<String> = t.lines().map(str::to_owned).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(&after),
+        sorted(&netd_rules),
+        "netd's rules as they were, ours gone"
+    );
+}

@@ -51,6 +51,8 @@ pub struct Facts {
     /// counts only when its module is on the phone), or why the config could not be checked.
     #[serde(skip)]
     pub kernel: Result<KernelMissing, String>,
+    /// Whether the kernel config has `NF_TABLES` (None: no config to read).
+    pub nf_tables: Option<bool>,
     /// The cgroup mounts found in /proc/mounts: mount point → fs type and options.
     pub cgroup_mounts: Vec<(String, String, String)>,
     /// Free bytes on /data, when `stat -f` answered.
@@ -201,6 +203,14 @@ pub fn probe_with(
         kernel_release,
         root,
         selinux,
+        nf_tables: config_gz.as_ref().ok().and_then(|gz| {
+            let text = bootstrap::kernel::read_config_gz(gz).ok()?;
+            let config = bootstrap::kernel::parse_config(&text);
+            Some(matches!(
+                config.get("NF_TABLES").map(String::as_str),
+                Some("y" | "m")
+            ))
+        }),
         kernel: config_gz.and_then(|gz| kernel_missing(&gz, modules.as_ref())),
         cgroup_mounts,
         data_free,
@@ -235,7 +245,8 @@ impl std::fmt::Display for Verdict {
 /// One line of the doctor's report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Item {
-    /// Stable name: `arch`, `android`, `root`, `selinux`, `kernel`, `cgroups`, `storage`, `battery`.
+    /// Stable name: `arch`, `android`, `root`, `selinux`, `kernel`, `cgroups`, `iptables`,
+    /// `storage`, `battery`.
     pub name: &'static str,
     /// The verdict.
     pub verdict: Verdict,
@@ -354,6 +365,7 @@ pub fn assess(facts: &Facts, need_bytes: u64) -> Report {
         judge_selinux(facts),
         kernel_item,
         judge_cgroups(facts),
+        judge_iptables(facts),
         judge_storage(facts, need_bytes),
         judge_battery(facts),
     ];
@@ -522,8 +534,20 @@ fn judge_cgroups(facts: &Facts) -> Item {
         (true, n) => format!("hybrid: cgroup2 + {n} v1 controller mounts"),
         (false, n) => format!("v1: {n} controller mounts"),
     };
-    if v2 || v1_memory {
+    if v2 && v1_count == 0 {
         item("cgroups", Verdict::Ok, layout, None)
+    } else if v2 || v1_memory {
+        // Kubernetes 1.35+ (KEP-5573): the kubelet exits on a v1 or hybrid host by default.
+        item(
+            "cgroups",
+            Verdict::Warn,
+            format!(
+                "{layout}: k3s >= 1.35 refuses cgroup v1 unless --kubelet-arg=fail-cgroupv1=false, which armfleet sets"
+            ),
+            Some(
+                "nothing to do; cgroup v1 support is deprecated upstream, a kernel with cgroup v2 is the lasting fix",
+            ),
+        )
     } else {
         item(
             "cgroups",
@@ -536,6 +560,22 @@ fn judge_cgroups(facts: &Facts) -> Item {
             Some("k3s needs cgroup v2 or a v1 memory controller; use a kernel with CONFIG_MEMCG"),
         )
     }
+}
+
+fn judge_iptables(facts: &Facts) -> Item {
+    // node-runtime decides the same way (iptables::decide), on the phone.
+    let kernel = match facts.nf_tables {
+        Some(false) => "; this kernel has no NF_TABLES",
+        _ => "",
+    };
+    item(
+        "iptables",
+        Verdict::Ok,
+        format!(
+            "legacy: Android's netd uses iptables-legacy, and k3s must share its tables{kernel}"
+        ),
+        None,
+    )
 }
 
 fn judge_storage(facts: &Facts, need_bytes: u64) -> Item {
@@ -608,6 +648,7 @@ mod tests {
             root: Root::Granted("Magisk 27.0".into()),
             selinux: Some("Enforcing".into()),
             kernel: Ok(KernelMissing::default()),
+            nf_tables: Some(true),
             cgroup_mounts: vec![("/sys/fs/cgroup".into(), "cgroup2".into(), "rw".into())],
             data_free: Some(10 << 30),
             battery_percent: Some(80),
@@ -691,6 +732,37 @@ mod tests {
         let s = r.items.iter().find(|i| i.name == "storage").unwrap();
         assert_eq!(s.verdict, Verdict::Fail);
         assert!(s.detail.contains("100.0 MiB free"), "{s:?}");
+    }
+
+    #[test]
+    fn cgroup_v1_and_hybrid_warn_that_k3s_needs_the_kubelet_override() {
+        let mut f = facts();
+        f.cgroup_mounts = vec![
+            ("/dev/memcg".into(), "cgroup".into(), "rw,memory".into()),
+            ("/dev/cpuset".into(), "cgroup".into(), "rw,cpuset".into()),
+        ];
+        let r = assess(&f, DEFAULT_NEED_BYTES);
+        let c = r.items.iter().find(|i| i.name == "cgroups").unwrap();
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(
+            c.detail.starts_with("v1:") && c.detail.contains("fail-cgroupv1=false"),
+            "{c:?}"
+        );
+        f.cgroup_mounts
+            .push(("/sys/fs/cgroup".into(), "cgroup2".into(), "rw".into()));
+        let c = assess(&f, DEFAULT_NEED_BYTES)
+            .items
+            .into_iter()
+            .find(|i| i.name == "cgroups")
+            .unwrap();
+        assert!(c.detail.starts_with("hybrid"), "{c:?}");
+        assert_eq!(c.verdict, Verdict::Warn);
+        let i = assess(&facts(), DEFAULT_NEED_BYTES)
+            .items
+            .into_iter()
+            .find(|i| i.name == "iptables")
+            .unwrap();
+        assert!(i.detail.starts_with("legacy"), "{i:?}");
     }
 
     #[test]

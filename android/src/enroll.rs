@@ -46,8 +46,40 @@ pub struct EnrollSpec<'a> {
     pub node_runtime: &'a Path,
     /// Go on despite failing preflight verdicts.
     pub force: bool,
-    /// How long to wait for the agent to run.
+    /// How long to wait for the agent to be ready.
     pub wait: Duration,
+    /// The cluster to ask whether the Node is Ready (`--kubeconfig`), when given.
+    pub cluster: Option<&'a bootstrap::kube::KubeClient>,
+    /// The pinned k3s binary from the laptop's cache, brought over USB when the phone lacks it
+    /// (else the phone fetches it itself, from the lab's mirror or upstream).
+    pub k3s: Option<&'a LocalK3s>,
+    /// The sha256 of the k3s inside the rootfs tarball (None: it has none), worked out on
+    /// another thread like [`EnrollSpec::rootfs_sha256`]; asked only when k3s is brought.
+    pub k3s_in_rootfs: &'a (dyn Fn() -> Result<Option<String>, String> + Sync),
+}
+
+/// The pinned k3s binary on the laptop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalK3s {
+    /// The cached file.
+    pub path: std::path::PathBuf,
+    /// Its sha256 (the topology's pin).
+    pub sha256: String,
+    /// Its size.
+    pub size: u64,
+}
+
+/// What is known of the k3s binary the phone should end up with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedK3s {
+    /// The pin.
+    pub sha256: String,
+    /// Its size (for the space needed).
+    pub size: u64,
+    /// Where it lives on the phone (inside the rootfs, as Android's side sees it).
+    pub dest: String,
+    /// The sha256 of the k3s inside the rootfs tarball to be installed (None: it has none).
+    pub in_rootfs: Option<String>,
 }
 
 /// What an enroll did.
@@ -171,6 +203,8 @@ pub struct Wanted<'a> {
     pub files: Vec<WantedFile<'a>>,
     /// The token file's path on the phone (it is also among `files`).
     pub token_path: String,
+    /// The pinned k3s the laptop can bring, when it has it.
+    pub k3s: Option<WantedK3s>,
 }
 
 /// What the phone has, from the probe.
@@ -187,6 +221,8 @@ pub struct Installed {
 pub struct Plan<'a> {
     /// Push the node-runtime binary.
     pub node_runtime: bool,
+    /// Bring the pinned k3s binary from the laptop.
+    pub k3s: bool,
     /// Stream the rootfs (and write its marker).
     pub rootfs: bool,
     /// The small files to write (config, token, boot hook, the rootfs marker last).
@@ -234,6 +270,18 @@ pub fn plan<'a>(wanted: &Wanted<'a>, installed: &Installed) -> Plan<'a> {
     let marker = rootfs_marker(&wanted.rootfs_sha256);
     let rootfs = !same(phone::ROOTFS_SHA, &sha256_hex(marker.as_bytes()));
     note(if rootfs { &mut changed } else { &mut unchanged }, "rootfs");
+    // k3s: what the phone will have once the rootfs (if any) is in, against the pin.
+    let k3s = wanted.k3s.as_ref().is_some_and(|k| {
+        let after = if rootfs {
+            k.in_rootfs.as_deref()
+        } else {
+            have.get(&k.dest).map(String::as_str)
+        };
+        after != Some(k.sha256.as_str())
+    });
+    if wanted.k3s.is_some() {
+        note(if k3s { &mut changed } else { &mut unchanged }, "k3s");
+    }
     let mut writes = Vec::new();
     for f in &wanted.files {
         // A fresh rootfs has no token in it.
@@ -268,9 +316,15 @@ pub fn plan<'a>(wanted: &Wanted<'a>, installed: &Installed) -> Plan<'a> {
             0
         } else {
             wanted.data_image_bytes
+        }
+        // Staged, then copied into the rootfs.
+        + match (&wanted.k3s, k3s) {
+            (Some(w), true) => w.size * 2,
+            _ => 0,
         };
     Plan {
         node_runtime,
+        k3s,
         rootfs,
         writes,
         stop_first,
@@ -287,6 +341,7 @@ pub fn plan<'a>(wanted: &Wanted<'a>, installed: &Installed) -> Plan<'a> {
 pub fn probe_installed(
     dev: &dyn Device,
     token_path: &str,
+    k3s_path: &str,
 ) -> Result<(Facts, Installed), PhoneError> {
     let hashes = hashes_command(&[
         phone::BIN,
@@ -296,6 +351,7 @@ pub fn probe_installed(
         &hook::module_prop_path(),
         &hook::service_path(),
         phone::DISABLED,
+        k3s_path,
     ]);
     let status = format!(
         "[ -x {b} ] && {b} status --json --config {c} 2>/dev/null",
@@ -334,8 +390,9 @@ pub fn enroll(
     let module_prop = hook::module_prop();
     let mut laps = Laps::new();
 
+    let k3s_path = config.host_path(&config.k3s.bin).display().to_string();
     progress.step("inspect", None);
-    let (facts, installed) = probe_installed(dev, &token_path)?;
+    let (facts, installed) = probe_installed(dev, &token_path, &k3s_path)?;
     laps.lap("doctor probe, remote hashes, status");
     let local = |path: &Path| {
         let path = path.to_owned();
@@ -383,6 +440,16 @@ pub fn enroll(
             },
         ],
         token_path,
+        k3s: match spec.k3s {
+            Some(k) => Some(WantedK3s {
+                sha256: k.sha256.clone(),
+                size: k.size,
+                in_rootfs: (spec.k3s_in_rootfs)()
+                    .map_err(|e| local(spec.rootfs)(std::io::Error::other(e)))?,
+                dest: k3s_path,
+            }),
+            None => None,
+        },
     };
     let plan = plan(&wanted, &installed);
     let report = doctor::assess(&facts, plan.need_bytes);
@@ -410,12 +477,23 @@ pub fn enroll(
     laps.lap("assess");
 
     let status_after_start = apply(dev, spec, &wanted, &plan, progress, &mut laps)?;
+    let waited = Instant::now();
     progress.step("wait", None);
-    if !status_after_start.as_ref().is_some_and(Status::agent_up) {
+    if !status_after_start.as_ref().is_some_and(Status::ready) {
         wait_running(dev, spec.wait)?;
     }
-    progress.done("wait", "agent running".into());
-    laps.lap("wait running");
+    progress.done("wait", "agent ready (kubelet healthy)".into());
+    laps.lap("wait ready");
+    if let Some(cluster) = spec.cluster {
+        progress.step("node ready", None);
+        let left = spec.wait.saturating_sub(waited.elapsed());
+        crate::lifecycle::wait_node_ready(dev, cluster, &config.node.name, left)?;
+        progress.done(
+            "node ready",
+            format!("{} Ready at {}", config.node.name, cluster.server()),
+        );
+        laps.lap("node ready");
+    }
 
     Ok(EnrollSummary {
         serial,
@@ -429,6 +507,11 @@ pub fn enroll(
     })
 }
 
+fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> PhoneError + use<> {
+    let path = path.to_owned();
+    move |source| PhoneError::Local { path, source }
+}
+
 /// Carries out `plan`: the node-runtime push, then one root shell that installs it, streams the
 /// rootfs into `node-runtime unpack`, writes the files, clears the stopped flag and starts the
 /// worker. Returns the status record the start printed, when it started one.
@@ -440,10 +523,7 @@ fn apply(
     progress: &dyn Progress,
     laps: &mut Laps,
 ) -> Result<Option<Status>, PhoneError> {
-    let local = |path: &Path| {
-        let path = path.to_owned();
-        move |source| PhoneError::Local { path, source }
-    };
+    let local = local_err;
     let mut jobs: Vec<(String, String)> = Vec::new();
     // node-runtime: pushed where the shell user may write, then moved into place as root by the
     // one root shell below.
@@ -469,6 +549,35 @@ fn apply(
         progress.skip("node-runtime", "unchanged (sha256 matches)");
     }
     laps.lap("node-runtime");
+    let k3s_job = match (&wanted.k3s, spec.k3s, plan.k3s) {
+        (Some(w), Some(local), true) => {
+            progress.step("k3s", Some(local.size));
+            let mut f = std::fs::File::open(&local.path).map_err(local_err(&local.path))?;
+            let sent = dev.push(&mut f, phone::STAGING_K3S, 0o644, &mut |n| {
+                progress.bytes("k3s", n)
+            })?;
+            progress.done("k3s", human_bytes(sent));
+            laps.lap("k3s");
+            // Hash-checked on the phone by node-runtime, then into the rootfs (after the
+            // rootfs itself, which may carry another k3s).
+            Some((
+                "installing k3s".to_owned(),
+                format!(
+                    "{b} install --sha256 {h} --mode 0755 {s} {d} >/dev/null && rm -f {s}",
+                    b = phone::BIN,
+                    h = w.sha256,
+                    s = phone::STAGING_K3S,
+                    d = w.dest
+                ),
+            ))
+        }
+        _ => {
+            if wanted.k3s.is_some() {
+                progress.skip("k3s", "unchanged (sha256 matches the pin)");
+            }
+            None
+        }
+    };
 
     if plan.stop_first {
         stop_worker(dev)?;
@@ -500,7 +609,7 @@ fn apply(
         progress.skip("rootfs", "unchanged (sha256 matches)");
     }
     for label in &plan.unchanged {
-        if label != "node-runtime" && label != "rootfs" {
+        if label != "node-runtime" && label != "rootfs" && label != "k3s" {
             progress.skip(label, "unchanged (sha256 matches)");
         }
     }
@@ -511,6 +620,7 @@ fn apply(
             write_files_command(&writes),
         ));
     }
+    jobs.extend(k3s_job);
     if plan.clear_stopped_flag {
         jobs.push((
             "clearing the stopped flag".into(),
@@ -542,7 +652,7 @@ fn apply(
         .changed
         .iter()
         .map(String::as_str)
-        .filter(|c| *c != "node-runtime")
+        .filter(|c| *c != "node-runtime" && *c != "k3s")
         .collect();
     let names = if names.is_empty() {
         "start".to_owned()
@@ -625,6 +735,7 @@ mod tests {
                 },
             ],
             token_path: "/data/armfleet/rootfs/etc/armfleet/token".into(),
+            k3s: None,
         }
     }
 
@@ -727,6 +838,39 @@ mod tests {
         let p = plan(&w, &enrolled(&w, AgentState::Running, false));
         assert!(p.start, "the record says running, but its writer is dead");
         assert!(!p.stop_first);
+    }
+
+    #[test]
+    fn k3s_is_brought_only_when_the_phone_would_not_have_the_pinned_one() {
+        let dest = "/data/armfleet/rootfs/usr/local/bin/k3s".to_owned();
+        let mut w = wanted();
+        w.k3s = Some(WantedK3s {
+            sha256: "5".repeat(64),
+            size: 70 << 20,
+            dest: dest.clone(),
+            in_rootfs: None,
+        });
+        // A fresh phone with a rootfs that carries no k3s: brought, and counted in the space.
+        let p = plan(&w, &Installed::default());
+        assert!(p.k3s && p.changed.contains(&"k3s".to_owned()));
+        assert_eq!(
+            p.need_bytes,
+            w.rootfs_size * 3 + w.data_image_bytes + (140 << 20)
+        );
+        // The rootfs to be installed carries the pinned one: nothing to bring.
+        w.k3s.as_mut().unwrap().in_rootfs = Some("5".repeat(64));
+        assert!(!plan(&w, &Installed::default()).k3s);
+        // Enrolled, rootfs current, the phone has the pinned k3s: nothing; another one: brought.
+        let mut installed = enrolled(&w, AgentState::Running, true);
+        installed.hashes.insert(dest.clone(), "5".repeat(64));
+        let p = plan(&w, &installed);
+        assert!(!p.k3s && p.unchanged.contains(&"k3s".to_owned()));
+        installed.hashes.insert(dest, "6".repeat(64));
+        let p = plan(&w, &installed);
+        assert!(
+            p.k3s && p.start && p.stop_first,
+            "a new k3s restarts the agent"
+        );
     }
 
     #[test]

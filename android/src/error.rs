@@ -45,7 +45,7 @@ pub enum PhoneError {
     },
     /// The agent did not come up.
     #[error(
-        "phone {serial}: the k3s agent is not running {secs} s after start (node-runtime says: {state}): see `phonectl logs -s {serial}`"
+        "phone {serial}: the k3s agent is not ready {secs} s after start (node-runtime says: {state}): see `phonectl logs -s {serial}`"
     )]
     NotRunning {
         /// The phone.
@@ -55,6 +55,23 @@ pub enum PhoneError {
         /// The last state seen.
         state: String,
     },
+    /// The agent runs, but the cluster does not list its Node as Ready.
+    #[error(
+        "phone {serial}: node {node} is not Ready in the cluster {secs} s after its agent started ({state}): check the server (`kubectl describe node {node}`) and `phonectl logs -s {serial}`"
+    )]
+    NodeNotReady {
+        /// The phone.
+        serial: String,
+        /// The Node name.
+        node: String,
+        /// How long we waited.
+        secs: u64,
+        /// What the API said last.
+        state: String,
+    },
+    /// The Kubernetes API could not be asked (kubeconfig, credentials).
+    #[error(transparent)]
+    Kube(#[from] bootstrap::kube::KubeError),
     /// The phone carries no armfleet worker.
     #[error("phone {serial} is not enrolled: run `phonectl enroll -s {serial}` first")]
     NotEnrolled {
@@ -84,7 +101,10 @@ impl PhoneError {
         use bootstrap::exit::Classify;
         match self {
             PhoneError::Device(e) => e.exit_class(),
-            PhoneError::Local { .. } | PhoneError::Usage(_) => ExitClass::Usage,
+            PhoneError::Local { .. }
+            | PhoneError::Usage(_)
+            | PhoneError::Kube(bootstrap::kube::KubeError::Read { .. })
+            | PhoneError::Kube(bootstrap::kube::KubeError::Invalid { .. }) => ExitClass::Usage,
             _ => ExitClass::Device,
         }
     }

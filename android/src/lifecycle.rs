@@ -4,6 +4,7 @@
 
 use crate::device::{Device, ShellOutput, as_root, sh_quote};
 use crate::error::PhoneError;
+use bootstrap::kube::{KubeClient, NodeState};
 use bootstrap::layout::phone;
 use bootstrap::progress::{Progress, ProgressExt};
 use bootstrap::status::Status;
@@ -137,14 +138,31 @@ pub fn start_worker(dev: &dyn Device) -> Result<(), PhoneError> {
     Ok(())
 }
 
-/// Polls `node-runtime status` until the agent runs, or fails after `wait`.
+/// Polls `node-runtime status` until the agent is ready — its kubelet answers its health
+/// endpoint inside the phone — or fails after `wait`.
 pub fn wait_running(dev: &dyn Device, wait: Duration) -> Result<Status, PhoneError> {
     let until = Instant::now() + wait;
     let mut last = "no status yet".to_owned();
     loop {
         if let Some(s) = read_status(dev)? {
-            if s.agent_up() {
+            if s.ready() {
                 return Ok(s);
+            }
+            if s.agent_up() {
+                // Running, its kubelet not answering yet: say what the probe got.
+                last = format!(
+                    "running, kubelet health: {}",
+                    s.healthz.as_deref().unwrap_or("not probed yet")
+                );
+                if Instant::now() >= until {
+                    return Err(PhoneError::NotRunning {
+                        serial: dev.serial().to_owned(),
+                        secs: wait.as_secs(),
+                        state: last,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                continue;
             }
             let note = s
                 .message
@@ -238,23 +256,81 @@ fn clear_stopped_flag(dev: &dyn Device) -> Result<(), PhoneError> {
 }
 
 /// `phonectl start`: starts the supervisor unless one already runs the agent (as the phone
-/// judges it: a dead supervisor's record does not count), then waits for the agent.
-pub fn start(dev: &dyn Device, wait: Duration) -> Result<Status, PhoneError> {
+/// judges it: a dead supervisor's record does not count), then waits until it is ready (and, with
+/// a cluster to ask, until its Node is Ready).
+pub fn start(
+    dev: &dyn Device,
+    wait: Duration,
+    cluster: Option<&KubeClient>,
+) -> Result<Status, PhoneError> {
     require_enrolled(dev)?;
     clear_stopped_flag(dev)?;
     if !read_status(dev)?.is_some_and(|s| s.agent_up()) {
         start_worker(dev)?;
     }
-    wait_running(dev, wait)
+    let started = Instant::now();
+    let st = wait_running(dev, wait)?;
+    if let Some(k) = cluster {
+        wait_node_ready(
+            dev,
+            k,
+            &st.node_name,
+            wait.saturating_sub(started.elapsed()),
+        )?;
+    }
+    Ok(st)
 }
 
 /// `phonectl restart`: stop, start, wait.
-pub fn restart(dev: &dyn Device, wait: Duration) -> Result<Status, PhoneError> {
+pub fn restart(
+    dev: &dyn Device,
+    wait: Duration,
+    cluster: Option<&KubeClient>,
+) -> Result<Status, PhoneError> {
     require_enrolled(dev)?;
     clear_stopped_flag(dev)?;
     stop_worker(dev)?;
     start_worker(dev)?;
-    wait_running(dev, wait)
+    let started = Instant::now();
+    let st = wait_running(dev, wait)?;
+    if let Some(k) = cluster {
+        wait_node_ready(
+            dev,
+            k,
+            &st.node_name,
+            wait.saturating_sub(started.elapsed()),
+        )?;
+    }
+    Ok(st)
+}
+
+/// Polls the API until the Node `node` is Ready, or fails after `wait` (at least a few seconds:
+/// a Node registers a moment after its kubelet answers).
+pub fn wait_node_ready(
+    dev: &dyn Device,
+    cluster: &KubeClient,
+    node: &str,
+    wait: Duration,
+) -> Result<(), PhoneError> {
+    let until = Instant::now() + wait.max(Duration::from_secs(5));
+    loop {
+        let last = match cluster.node_state(node) {
+            Ok(NodeState::Ready) => return Ok(()),
+            Ok(NodeState::NotReady(why)) => format!("NotReady: {why}"),
+            Ok(NodeState::Missing) => "not registered yet".to_owned(),
+            // The API may be briefly unreachable; keep the error for the message.
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= until {
+            return Err(PhoneError::NodeNotReady {
+                serial: dev.serial().to_owned(),
+                node: node.to_owned(),
+                secs: wait.as_secs(),
+                state: last,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// The root command that prints the worker's logs (`tail` of each log file).

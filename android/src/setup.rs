@@ -109,3 +109,56 @@ pub fn check_server_cas(
     }
     Ok(())
 }
+
+/// The pinned k3s binary on the laptop, fetched into the cache (the lab's mirror first, then
+/// upstream) when the configs pin one, so enroll can bring it over USB instead of every phone
+/// pulling ~70 MB over Wi-Fi or 4G. None — with a note saying why — when there is no pin, the
+/// phones' pins differ, or it cannot be fetched: each phone then fetches it itself.
+pub fn laptop_k3s(
+    configs: &[NodeConfig],
+    progress: &dyn Progress,
+) -> Option<crate::enroll::LocalK3s> {
+    let first = configs.first()?;
+    let pin = first.k3s.sha256.clone()?;
+    if configs
+        .iter()
+        .any(|c| c.k3s.sha256.as_deref() != Some(pin.as_str()))
+    {
+        progress.note("the phones pin different k3s binaries: each fetches its own".into());
+        return None;
+    }
+    let urls: Vec<String> = first
+        .k3s
+        .mirror
+        .iter()
+        .chain(first.k3s.url.iter())
+        .cloned()
+        .collect();
+    let upstream = urls.last()?;
+    let fetched = bootstrap::cache::cache_subdir("downloads")
+        .map_err(|e| e.to_string())
+        .and_then(|dir| {
+            let dest = bootstrap::cache::artifact_path(&dir, upstream, &pin);
+            bootstrap::download::fetch_pinned_from(
+                &urls,
+                &pin,
+                &dest,
+                bootstrap::download::K3S_MAX_BYTES,
+                progress,
+            )
+            .map_err(|e| e.to_string())
+        });
+    match fetched {
+        Ok(f) => Some(crate::enroll::LocalK3s {
+            path: f.path,
+            sha256: f.sha256,
+            size: f.size,
+        }),
+        Err(why) => {
+            progress.note(format!(
+                "k3s is not brought from this laptop ({why}): each phone fetches it itself"
+            ));
+            None
+        }
+    }
+}

@@ -20,6 +20,27 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// sha256 of the file `member` (a path inside the archive, `/` or `./` prefixes ignored) in the
+/// `.tar.gz` at `tarball`, or None when it has no such regular file. Reads the archive once,
+/// hashing only that member.
+pub fn sha256_in_tarball(tarball: &Path, member: &str) -> io::Result<Option<String>> {
+    let want = member.trim_start_matches("./").trim_start_matches('/');
+    let gz = flate2::read::MultiGzDecoder::new(io::BufReader::new(File::open(tarball)?));
+    let mut archive = tar::Archive::new(gz);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        if path.trim_start_matches("./").trim_start_matches('/') == want
+            && entry.header().entry_type().is_file()
+        {
+            let mut hasher = Sha256::new();
+            copy_into_hasher(&mut entry, &mut hasher)?;
+            return Ok(Some(hex::encode(hasher.finalize())));
+        }
+    }
+    Ok(None)
+}
+
 /// Feeds everything `reader` yields into `hasher`; returns the byte count.
 pub(crate) fn copy_into_hasher(reader: &mut impl Read, hasher: &mut Sha256) -> io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];

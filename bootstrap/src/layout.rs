@@ -61,4 +61,6 @@ pub mod phone {
     pub const MODULE_DIR: &str = "/data/adb/modules/armfleet";
     /// Where the adb shell user (uid 2000) may write: the node-runtime binary is pushed here first.
     pub const STAGING_BIN: &str = "/data/local/tmp/armfleet-node-runtime";
+    /// The k3s binary brought from the laptop waits here until node-runtime installs it.
+    pub const STAGING_K3S: &str = "/data/local/tmp/armfleet-k3s";
 }

@@ -8,6 +8,7 @@
 //! - [`rootfs`]: the node rootfs (Debian base + overlay), cached by input hash.
 //! - [`pgz`]: parallel gzip (one member, deterministic).
 //! - [`token`]: the k3s join token: sources, formats, the server CA check, 0600 files.
+//! - [`kube`]: whether a Node is Ready, read through a kubeconfig.
 //! - [`kernel`]: the kernel options k3s needs, checked against a kernel config.
 //! - [`status`]: the worker's health record (`node-runtime status --json`).
 //! - [`unit`]: the systemd unit that starts `node-runtime` on a Pi.
@@ -21,6 +22,7 @@ pub mod digest;
 pub mod download;
 pub mod exit;
 pub mod kernel;
+pub mod kube;
 pub mod layout;
 pub mod node_config;
 pub mod pgz;

@@ -237,3 +237,97 @@ mod tests {
         assert!(!dir.path().join("node.toml.new").exists());
     }
 }
+
+/// Why a file could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The copy is not the file meant.
+    #[error(
+        "{src} has sha256 {got}, not the expected {want}: {dest} was left as it was; send the file again"
+    )]
+    Mismatch {
+        /// The source.
+        src: PathBuf,
+        /// The destination.
+        dest: PathBuf,
+        /// Its hash.
+        got: String,
+        /// The expected hash.
+        want: String,
+    },
+    /// I/O.
+    #[error("{path}: {source}; {dest} was left as it was")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The destination.
+        dest: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+/// Copies `src` to `dest` with `mode` only when its sha256 is `sha256`: through `DEST.new`
+/// (hashed while copied, synced), renamed over `dest` once it matched. A big file pushed to a
+/// phone's staging area (the k3s binary phonectl brings from the laptop) lands whole or not at all.
+pub fn install_file(src: &Path, dest: &Path, mode: u32, sha256: &str) -> Result<(), InstallError> {
+    use sha2::Digest;
+    let tmp = with_suffix(dest, ".new");
+    let io_at = |path: &Path| {
+        let path = path.to_owned();
+        let dest = dest.to_owned();
+        move |source| InstallError::Io { path, dest, source }
+    };
+    let result = (|| {
+        if let Some(dir) = dest.parent() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(io_at(dir))?;
+        }
+        let mut input = std::fs::File::open(src).map_err(io_at(src))?;
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io_at(&tmp))?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_at(src)(e)),
+            };
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io_at(&tmp))?;
+        }
+        let got = hex::encode(hasher.finalize());
+        if !got.eq_ignore_ascii_case(sha256) {
+            return Err(InstallError::Mismatch {
+                src: src.to_owned(),
+                dest: dest.to_owned(),
+                got,
+                want: sha256.to_owned(),
+            });
+        }
+        out.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io_at(&tmp))?;
+        out.sync_all().map_err(io_at(&tmp))?;
+        std::fs::rename(&tmp, dest).map_err(io_at(dest))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}

@@ -91,6 +91,23 @@ Each file goes to PATH.new (parents made 0700), is synced, then all are renamed 
         #[arg(long = "file", required = true, value_name = "PATH:MODE:LEN")]
         files: Vec<String>,
     },
+    /// Put a file in place only when its sha256 is the one given (the k3s binary phonectl
+    /// brings from the laptop).
+    #[command(
+        after_help = "Example:\n  node-runtime install --sha256 c920...bb --mode 0755 /data/local/tmp/k3s /data/armfleet/rootfs/usr/local/bin/k3s"
+    )]
+    Install {
+        /// Expected sha256 of SRC.
+        #[arg(long)]
+        sha256: String,
+        /// Octal permission bits of DEST.
+        #[arg(long, default_value = "0644")]
+        mode: String,
+        /// The file to copy.
+        src: PathBuf,
+        /// Where it goes (through DEST.new, renamed once it matched).
+        dest: PathBuf,
+    },
     /// Check a kernel config against k3s' requirements (default: the running kernel's).
     #[command(
         name = "check-kernel",
@@ -207,6 +224,32 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
                     old.display()
                 );
             }
+            Ok(0)
+        }
+        Cmd::Install {
+            sha256,
+            mode,
+            src,
+            dest,
+        } => {
+            if !bootstrap::node_config::is_sha256_hex(&sha256.to_ascii_lowercase()) {
+                return Err(fail(
+                    ExitClass::Usage,
+                    format!("--sha256 {sha256:?} is not 64 hex digits"),
+                ));
+            }
+            let mode = u32::from_str_radix(&mode, 8)
+                .ok()
+                .filter(|m| *m <= 0o7777)
+                .ok_or_else(|| fail(ExitClass::Usage, format!("--mode {mode:?} is not octal")))?;
+            files::install_file(&src, &dest, mode, &sha256).map_err(|e| {
+                let class = match e {
+                    files::InstallError::Mismatch { .. } => ExitClass::Device,
+                    files::InstallError::Io { .. } => ExitClass::Device,
+                };
+                fail(class, e)
+            })?;
+            out::println(&format!("installed {} ({sha256})", dest.display()));
             Ok(0)
         }
         Cmd::WriteFiles { files } => {

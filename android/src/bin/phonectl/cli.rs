@@ -114,18 +114,16 @@ Enroll is idempotent: each piece is compared by sha256 first and only what diffe
     Start {
         #[command(flatten)]
         targets: Targets,
-        /// How long to wait for the agent to run, in seconds.
-        #[arg(long, default_value_t = 120)]
-        wait: u64,
+        #[command(flatten)]
+        ready: ReadyArgs,
     },
     /// Stop and start the worker.
     #[command(after_help = "Example:\n  phonectl restart")]
     Restart {
         #[command(flatten)]
         targets: Targets,
-        /// How long to wait for the agent to run, in seconds.
-        #[arg(long, default_value_t = 120)]
-        wait: u64,
+        #[command(flatten)]
+        ready: ReadyArgs,
     },
     /// Remove the worker: stop it, remove the boot hook, the rootfs, the data image, the token.
     #[command(after_help = "Example:\n  phonectl unenroll -s 0123456789ABCDEF")]
@@ -180,10 +178,22 @@ pub struct EnrollArgs {
     /// Enroll even when the doctor finds a problem (root is still required).
     #[arg(long)]
     pub force: bool,
-    /// How long to wait for the agent to run, in seconds.
-    #[arg(long, default_value_t = 120)]
-    pub wait: u64,
+    #[command(flatten)]
+    pub ready: ReadyArgs,
     /// Print a JSON summary.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What "up" means: the agent's kubelet answers inside the phone, and with a kubeconfig the
+/// cluster lists the Node as Ready.
+#[derive(clap::Args, Clone)]
+pub struct ReadyArgs {
+    /// How long to wait for the agent to be ready, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub wait: u64,
+    /// Also wait until the cluster lists the phone's Node as Ready (e.g. a copy of the server's
+    /// /etc/rancher/k3s/k3s.yaml with its server address set).
+    #[arg(long, value_name = "FILE", env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
 }

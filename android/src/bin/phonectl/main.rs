@@ -5,8 +5,9 @@ mod cli;
 
 use armfleet_cli::draw::{Drawer, Mode};
 use armfleet_cli::{Failure, finish, out, worst};
+use bootstrap::kube::KubeClient;
 use clap::{CommandFactory, Parser};
-use cli::{Cli, Cmd, EnrollArgs, Targets};
+use cli::{Cli, Cmd, EnrollArgs, ReadyArgs, Targets};
 use phonectl::adb::{AdbDevice, AdbServer};
 use phonectl::device::{Device, DeviceError};
 use phonectl::doctor::{self, Verdict};
@@ -70,24 +71,50 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             lifecycle::stop(dev)?;
             Ok(format!("{}: stopped", dev.serial()))
         }),
-        Cmd::Start {
-            targets: t,
-            wait: w,
-        } => for_each(port, &targets(t)?, |dev| {
-            lifecycle::start(dev, wait(w))?;
-            Ok(format!("{}: running", dev.serial()))
-        }),
-        Cmd::Restart {
-            targets: t,
-            wait: w,
-        } => for_each(port, &targets(t)?, |dev| {
-            lifecycle::restart(dev, wait(w))?;
-            Ok(format!("{}: restarted, running", dev.serial()))
-        }),
+        Cmd::Start { targets: t, ready } => {
+            let cluster = cluster(&ready)?;
+            for_each(port, &targets(t)?, |dev| {
+                let st = lifecycle::start(dev, wait(ready.wait), cluster.as_ref())?;
+                Ok(format!(
+                    "{}: running, {}",
+                    dev.serial(),
+                    ready_words(&st, &cluster)
+                ))
+            })
+        }
+        Cmd::Restart { targets: t, ready } => {
+            let cluster = cluster(&ready)?;
+            for_each(port, &targets(t)?, |dev| {
+                let st = lifecycle::restart(dev, wait(ready.wait), cluster.as_ref())?;
+                Ok(format!(
+                    "{}: restarted, {}",
+                    dev.serial(),
+                    ready_words(&st, &cluster)
+                ))
+            })
+        }
         Cmd::Unenroll { targets: t } => for_each(port, &targets(t)?, |dev| {
             lifecycle::unenroll(dev, &bootstrap::progress::Silent)?;
             Ok(format!("{}: unenrolled", dev.serial()))
         }),
+    }
+}
+
+/// The cluster to ask about Nodes, when a kubeconfig is given: read before any phone is touched.
+fn cluster(ready: &ReadyArgs) -> Result<Option<KubeClient>, Failure> {
+    ready
+        .kubeconfig
+        .as_deref()
+        .map(KubeClient::from_kubeconfig)
+        .transpose()
+        .map_err(Failure::usage)
+}
+
+/// "ready" as far as it was checked.
+fn ready_words(st: &bootstrap::status::Status, cluster: &Option<KubeClient>) -> String {
+    match cluster {
+        Some(c) => format!("node {} Ready at {}", st.node_name, c.server()),
+        None => "kubelet healthy".to_owned(),
     }
 }
 
@@ -368,6 +395,7 @@ fn enroll_cmd(port: u16, args: EnrollArgs) -> Result<ExitCode, Failure> {
         args.token_env.as_deref(),
         topology,
     )?;
+    let cluster = cluster(&args.ready)?;
     let node_runtime = bootstrap::cache::find_node_runtime(args.node_runtime.as_deref())
         .map_err(Failure::usage)?;
     if !args.rootfs.is_file() {
@@ -390,6 +418,7 @@ fn enroll_cmd(port: u16, args: EnrollArgs) -> Result<ExitCode, Failure> {
     let mode = Mode::detect(args.json);
     let drawer = Drawer::new(mode);
     setup::check_server_cas(&configs, &token, &drawer.sink(None))?;
+    let k3s = setup::laptop_k3s(&configs, &drawer.sink(None));
     // Hashed while the phones are probed; each enroll waits for it when it needs it.
     let rootfs_hash = std::sync::OnceLock::new();
     let rootfs_sha256 = || {
@@ -397,14 +426,29 @@ fn enroll_cmd(port: u16, args: EnrollArgs) -> Result<ExitCode, Failure> {
             .get_or_init(|| bootstrap::digest::sha256_file(&args.rootfs).map_err(|e| e.to_string()))
             .clone()
     };
+    let rootfs_k3s = std::sync::OnceLock::new();
+    let k3s_in_rootfs = || {
+        rootfs_k3s
+            .get_or_init(|| {
+                let member = bootstrap::layout::worker::K3S_BIN;
+                bootstrap::digest::sha256_in_tarball(&args.rootfs, member)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    };
     let results: Vec<Result<enroll::EnrollSummary, Failure>> = std::thread::scope(|s| {
         s.spawn(rootfs_sha256);
+        if k3s.is_some() {
+            s.spawn(k3s_in_rootfs);
+        }
         let hs: Vec<_> = ready
             .iter()
             .zip(configs)
             .map(|(dev, config)| {
                 let (drawer, args, token) = (&drawer, &args, token.secret().expose());
+                let cluster = &cluster;
                 let (node_runtime, rootfs_sha256) = (node_runtime.as_path(), &rootfs_sha256);
+                let (k3s, k3s_in_rootfs) = (k3s.as_ref(), &k3s_in_rootfs);
                 s.spawn(move || {
                     let spec = EnrollSpec {
                         config,
@@ -413,7 +457,10 @@ fn enroll_cmd(port: u16, args: EnrollArgs) -> Result<ExitCode, Failure> {
                         rootfs_sha256,
                         node_runtime,
                         force: args.force,
-                        wait: Duration::from_secs(args.wait),
+                        wait: Duration::from_secs(args.ready.wait),
+                        cluster: cluster.as_ref(),
+                        k3s,
+                        k3s_in_rootfs,
                     };
                     let sink = drawer.sink(Some(dev.serial()));
                     let r = enroll::enroll(dev, &spec, &sink).map_err(Failure::from);

@@ -1,6 +1,7 @@
 //! Shared by every armfleet tool so that every ARM worker — Pi or phone — is made the same way.
 //!
 //! - [`topology`]: the lab (`topology.toml`), and the `node.toml` of each worker in it.
+//! - [`board`]: the board profiles (`images/boards/*.toml` and the user's), one registry.
 //! - [`layout`]: where armfleet puts things on a worker (phone and Pi paths), defined once.
 //! - [`node_config`]: `node.toml`, the one config file `node-runtime` reads on every worker.
 //! - [`download`]: pinned, resumable, hash-checked downloads.
@@ -17,6 +18,7 @@
 //! - [`exit`]: the exit-code classes shared by the binaries.
 #![deny(missing_docs)]
 
+pub mod board;
 pub mod cache;
 pub mod digest;
 pub mod download;

@@ -26,9 +26,6 @@ pub const DEFAULT_TOPOLOGY: &str = include_str!("../topology/default.toml");
 /// Environment variable naming a topology file when `--topology` is not given.
 pub const TOPOLOGY_ENV: &str = "ARMFLEET_TOPOLOGY";
 
-/// Boards armfleet can make an image for (profiles in `images/boards/`).
-pub const KNOWN_BOARDS: &[&str] = &["rpi4", "rpi3a"];
-
 /// Taint every phone carries: only workloads that tolerate phones land there.
 pub const PHONE_TAINT: &str = "armfleet.io/phone=true:NoSchedule";
 
@@ -937,15 +934,8 @@ impl Validator<'_> {
             let key = |k: &str| format!("host[{i}].{k}");
             let name = self.name(&rh.name, key("name"))?;
             let board = rh.board.get_ref().clone();
-            if !KNOWN_BOARDS.contains(&board.as_str()) {
-                return Err(ctx.bad(
-                    rh.board.span(),
-                    key("board"),
-                    format!(
-                        "unknown board {board:?}: use one of {}",
-                        KNOWN_BOARDS.join(", ")
-                    ),
-                ));
+            if let Err(e) = crate::board::check_known(&board) {
+                return Err(ctx.bad(rh.board.span(), key("board"), e.to_string()));
             }
             if rh.role == Role::Server {
                 if let Some(first) = &server_seen {

@@ -248,7 +248,7 @@ fn unknown_board_is_refused() {
         "board = \"rpi3a\"",
         "board = \"rpi5\"",
         "host[2].board",
-        "unknown board \"rpi5\": use one of rpi4, rpi3a",
+        "unknown board \"rpi5\": known boards are rpi3a, rpi3b-plus, rpi4",
     );
 }
 

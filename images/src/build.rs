@@ -1,25 +1,20 @@
-//! Builds one host's SD card image: MBR, FAT32 boot partition, ext4 root, `.bmap`.
+//! Builds one host's SD card image: MBR, FAT32 boot partition, ext4 root, `.bmap`. The
+//! decisions are [`crate::plan`]'s; this gathers the content and writes it.
 
 use crate::assets::{AssetSource, BootAssets, PinnedPackage};
 use crate::bmap::Bmap;
-use crate::board::{Board, INITRD_FILE, KERNEL_FILE};
+use crate::board::Board;
 use crate::error::{ImageError, io};
 use crate::ext4::Tree;
 use crate::host::HostPlan;
+use crate::plan::{self, BootFile, BootSource, Layout, MIB, TokenPlan};
 use crate::util::run;
-use bootstrap::progress::{Event, Progress};
-use sha2::{Digest, Sha256};
+use bootstrap::layout::pi::{BOOT_MOUNT, TOKEN_DROP_NAME};
+use bootstrap::progress::{Event, Progress, ProgressExt};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-
-const MIB: u64 = 1 << 20;
-/// Partitions start and end on 4 MiB boundaries (SD card allocation units).
-pub const ALIGN_MIB: u64 = 4;
-/// Timestamp of every file when `SOURCE_DATE_EPOCH` is not set (2024-01-01T00:00:00Z).
-pub const DEFAULT_EPOCH: u64 = 1_704_067_200;
-use bootstrap::layout::pi::{BOOT_MOUNT, TOKEN_DROP_NAME};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -95,38 +90,6 @@ pub struct BuildSummary {
     pub notes: Vec<String>,
 }
 
-/// MBR disk signature for a host: the first 4 bytes of sha256("armfleet-disk:" + name), never 0.
-pub fn disk_signature(host: &str) -> u32 {
-    let h = Sha256::digest(format!("armfleet-disk:{host}").as_bytes());
-    let v = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
-    if v == 0 { 1 } else { v }
-}
-
-/// ext4 filesystem UUID for a host (also its directory hash seed), derived from the name.
-pub fn root_uuid(host: &str) -> String {
-    let h = Sha256::digest(format!("armfleet-root:{host}").as_bytes());
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&h[..16]);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let x = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &x[..8],
-        &x[8..12],
-        &x[12..16],
-        &x[16..20],
-        &x[20..]
-    )
-}
-
-/// The fstab imagegen writes.
-pub fn fstab(sig: u32) -> String {
-    format!(
-        "# Written by imagegen. The root partition is grown to the card by the initramfs on first\n# boot and the filesystem follows (x-systemd.growfs).\nPARTUUID={sig:08x}-02  /               ext4  defaults,noatime,x-systemd.growfs  0  1\nPARTUUID={sig:08x}-01  {BOOT_MOUNT}  vfat  defaults,noatime,umask=0077,nofail  0  2\n"
-    )
-}
-
 /// Removes its path on drop unless disarmed: an error leaves nothing half-written behind.
 struct TempOutput(Option<PathBuf>);
 impl Drop for TempOutput {
@@ -135,21 +98,6 @@ impl Drop for TempOutput {
             let _ = std::fs::remove_file(p);
         }
     }
-}
-
-fn step(progress: &dyn Progress, name: &str) -> std::time::Instant {
-    progress.event(Event::StepStarted {
-        step: name.into(),
-        total: None,
-    });
-    std::time::Instant::now()
-}
-
-fn done(progress: &dyn Progress, name: &str, detail: String, started: std::time::Instant) {
-    progress.event(Event::StepFinished {
-        step: name.into(),
-        detail: format!("{detail} ({:.1} s)", started.elapsed().as_secs_f64()),
-    });
 }
 
 /// Free bytes on the filesystem holding `dir`.
@@ -161,18 +109,82 @@ fn free_bytes(dir: &Path) -> Option<u64> {
         .then(|| s.f_bavail as u64 * s.f_frsize as u64)
 }
 
-/// Root partition bytes needed for the staged tree (data, inode tables, journal, reserve).
-fn root_needed(tree: &Tree) -> u64 {
-    let data = tree.data_bytes() + tree.inodes() * 4096 / 4; // small files round up to blocks
-    let inode_tables = (data / 16384).max(tree.inodes() * 2) * 256;
-    let est = (data + inode_tables) * 110 / 100 + 64 * MIB;
-    est.div_ceil(ALIGN_MIB * MIB) * ALIGN_MIB * MIB
-}
-
-/// Builds the image described by `opts`.
+/// Builds the image described by `opts`: checks what can be checked first, gathers what goes in
+/// (boot assets, the root tree, the initramfs, the boot files), lays it out ([`plan::layout`]),
+/// then writes it.
 pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummary, ImageError> {
     let board = &opts.board;
     let host = &opts.host;
+    let out_dir = preflight(opts)?;
+    crate::ext4::check_mke2fs()?;
+    let mut notes = Vec::new();
+    if let Some(token) = opts.token.as_deref().filter(|_| opts.check_ca) {
+        progress.step("join token CA check", None);
+        let note = check_token_ca(&host.node.server.url, token)?;
+        progress.done("join token CA check", note.clone());
+        notes.push(note);
+    }
+
+    progress.step("boot assets", None);
+    let assets = opts.assets.resolve(progress)?;
+    progress.done("boot assets", format!("kernel {}", assets.kernel_version));
+
+    let sig = plan::disk_signature(&host.name);
+    progress.step("root filesystem tree", None);
+    let (tree, k3s, host_notes) = root_tree(opts, &assets, sig, progress)?;
+    notes.extend(host_notes);
+    progress.done("root filesystem tree", format!("{} inodes", tree.inodes()));
+
+    progress.step("initramfs", None);
+    let initrd = crate::initramfs::build(
+        &assets.busybox,
+        &assets.modules_dir,
+        &board.initramfs_modules,
+    )?;
+    progress.done("initramfs", format!("{} KiB", initrd.len() / 1024));
+
+    let country = host.wifi.as_ref().map(|w| w.country.as_str());
+    let boot_files = read_boot_files(
+        plan::boot_files(board, &assets, &host.name, sig, country),
+        &initrd,
+    )?;
+    let measured = plan::Measured {
+        boot_bytes: boot_files.iter().map(|(_, d)| d.len() as u64).sum(),
+        root_bytes: plan::root_bytes(tree.data_bytes(), tree.inodes()),
+        data_bytes: tree.data_bytes(),
+    };
+    let layout = plan::layout(board, &host.name, opts.size, &measured)?;
+    if let Some(free) = free_bytes(&out_dir)
+        && free < layout.data_estimate
+    {
+        return Err(ImageError::NoSpace {
+            dir: out_dir,
+            needed_mib: layout.data_estimate.div_ceil(MIB),
+            free_mib: free / MIB,
+        });
+    }
+    let written = write_image(opts, &out_dir, &layout, tree, &boot_files, progress)?;
+    Ok(BuildSummary {
+        image: opts.output.clone(),
+        bmap: written.bmap_path,
+        sha256: written.sha256,
+        size: layout.size,
+        mapped_bytes: written.bmap.mapped_bytes(),
+        disk_signature: format!("{sig:08x}"),
+        root_partuuid: plan::root_partuuid(sig),
+        kernel_version: assets.kernel_version.clone(),
+        packages: assets.packages.clone(),
+        token_baked: plan::token_plan(opts.token.as_deref()) == TokenPlan::Baked,
+        token_drop: TOKEN_DROP_NAME.into(),
+        k3s,
+        notes,
+    })
+}
+
+/// What can be refused before any work: a host that is not this board's or not valid, a missing
+/// rootfs or output directory, a size too small for anything. Returns the output directory.
+fn preflight(opts: &BuildOptions) -> Result<PathBuf, ImageError> {
+    let (board, host) = (&opts.board, &opts.host);
     host.validate()?;
     if host.board != board.name {
         return Err(ImageError::WrongBoard {
@@ -200,134 +212,58 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummar
             ),
         });
     }
-    if let Some(size) = opts.size {
-        let min = (ALIGN_MIB + board.partitions.boot_mib + 256) * MIB;
-        if size < min {
-            return Err(ImageError::SizeTooSmall {
-                asked_mib: size / MIB,
-                needed_mib: min / MIB,
-            });
-        }
-    }
+    plan::check_size(board, opts.size)?;
+    Ok(out_dir)
+}
 
-    crate::ext4::check_mke2fs()?;
-    let mut notes = Vec::new();
-    if let Some(token) = opts.token.as_deref().filter(|_| opts.check_ca) {
-        let t = step(progress, "join token CA check");
-        let note = check_token_ca(&host.node.server.url, token)?;
-        done(progress, "join token CA check", note.clone(), t);
-        notes.push(note);
-    }
-
-    let t = step(progress, "boot assets");
-    let assets = opts.assets.resolve(progress)?;
-    done(
-        progress,
-        "boot assets",
-        format!("kernel {}", assets.kernel_version),
-        t,
-    );
-
-    let sig = disk_signature(&host.name);
-    let partuuid = format!("{sig:08x}-02");
-
-    let t = step(progress, "root filesystem tree");
+/// The root filesystem: the rootfs tarball, k3s, the kernel modules with their index, the
+/// board's firmware and the host's files. Returns it, where k3s came from, and notes.
+fn root_tree(
+    opts: &BuildOptions,
+    assets: &BootAssets,
+    sig: u32,
+    progress: &dyn Progress,
+) -> Result<(Tree, K3sSource, Vec<String>), ImageError> {
     let tmp_parent = opts.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
     // Two cores' worth: depmod indexes the kernel modules while the rootfs is decompressed.
     let (tree, depmod) = std::thread::scope(|s| {
-        let depmod = s.spawn(|| depmod_files(&assets, &tmp_parent));
+        let depmod = s.spawn(|| depmod_files(assets, &tmp_parent));
         let tree = Tree::from_tarball(&opts.rootfs, opts.epoch);
         (tree, depmod.join().expect("depmod thread"))
     });
     let mut tree = tree?;
     let depmod = depmod?;
-    let mut node = host.node.clone();
-    if node.server.token_drop.is_none() {
-        node.server.token_drop = Some(PathBuf::from(bootstrap::layout::pi::TOKEN_DROP));
-    }
-    let k3s = bake_k3s(opts, &mut tree, &node, progress)?;
-    if let K3sSource::Downloaded(_) | K3sSource::Given(_) = &k3s
-        && node.k3s.sha256.is_none()
-    {
-        // Keep node.toml free of a pin it cannot know; node-runtime uses the binary as is.
-    }
-    add_kernel_bits(&mut tree, board, &assets, depmod)?;
+    let host = HostPlan {
+        node: plan::node_config(&opts.host.node),
+        ..opts.host.clone()
+    };
+    let k3s = bake_k3s(opts, &mut tree, &host.node, progress)?;
+    add_kernel_bits(&mut tree, &opts.board, assets, depmod)?;
     tree.add_dir(BOOT_MOUNT.trim_start_matches('/'), 0o755)?;
-    let plan = HostPlan {
-        node,
-        ..host.clone()
-    };
-    notes.extend(plan.apply(&mut tree, opts.token.as_deref(), &fstab(sig))?);
-    done(
-        progress,
-        "root filesystem tree",
-        format!("{} inodes", tree.inodes()),
-        t,
-    );
+    let notes = host.apply(&mut tree, opts.token.as_deref(), &plan::fstab(sig))?;
+    Ok((tree, k3s, notes))
+}
 
-    let t = step(progress, "initramfs");
-    let initrd = crate::initramfs::build(
-        &assets.busybox,
-        &assets.modules_dir,
-        &board.initramfs_modules,
-    )?;
-    done(
-        progress,
-        "initramfs",
-        format!("{} KiB", initrd.len() / 1024),
-        t,
-    );
+/// What [`write_image`] wrote besides the image.
+struct Written {
+    bmap: Bmap,
+    bmap_path: PathBuf,
+    sha256: String,
+}
 
-    // Layout.
-    let boot_start = ALIGN_MIB * MIB;
-    let boot_len = board.partitions.boot_mib * MIB;
-    let root_start = boot_start + boot_len;
-    let needed = root_needed(&tree).max(board.partitions.root_min_mib * MIB);
-    let total = match opts.size {
-        Some(s) => {
-            let s = s / (ALIGN_MIB * MIB) * (ALIGN_MIB * MIB);
-            if s < root_start + root_needed(&tree) {
-                return Err(ImageError::SizeTooSmall {
-                    asked_mib: s / MIB,
-                    needed_mib: (root_start + root_needed(&tree)) / MIB,
-                });
-            }
-            s
-        }
-        None => root_start + needed,
-    };
-    let root_len = total - root_start;
-
-    let boot_files = boot_files(
-        board,
-        &assets,
-        &initrd,
-        &host.name,
-        &partuuid,
-        host.wifi.as_ref().map(|w| w.country.as_str()),
-    )?;
-    let boot_bytes: u64 = boot_files.iter().map(|(_, d)| d.len() as u64).sum();
-    if boot_bytes + 8 * MIB > boot_len {
-        return Err(ImageError::BadBoard {
-            origin: format!("{}.toml", board.name),
-            message: format!(
-                "the boot files ({} MiB) do not fit partitions.boot_mib = {}: raise it",
-                boot_bytes / MIB,
-                board.partitions.boot_mib
-            ),
-        });
-    }
-    let data_estimate = boot_bytes + tree.data_bytes() + 80 * MIB;
-    if let Some(free) = free_bytes(&out_dir)
-        && free < data_estimate
-    {
-        return Err(ImageError::NoSpace {
-            dir: out_dir,
-            needed_mib: data_estimate.div_ceil(MIB),
-            free_mib: free / MIB,
-        });
-    }
-
+/// Writes `layout` to `opts.output`: the partition table, the FAT and the ext4 (at the same
+/// time: disjoint byte ranges), then the bmap and the sha256. Both files are written under
+/// temporary names and renamed at the end, so an error leaves nothing under the final names.
+fn write_image(
+    opts: &BuildOptions,
+    out_dir: &Path,
+    layout: &Layout,
+    tree: Tree,
+    boot_files: &[(String, Vec<u8>)],
+    progress: &dyn Progress,
+) -> Result<Written, ImageError> {
+    let sig = layout.disk_signature;
+    let (boot, root) = (layout.boot, layout.root);
     let file_name = opts
         .output
         .file_name()
@@ -339,25 +275,25 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummar
     let mut guard_bmap = TempOutput(Some(tmp_bmap.clone()));
     let no_space = |e: ImageError| match e {
         ImageError::NoSpace { .. } => ImageError::NoSpace {
-            dir: out_dir.clone(),
-            needed_mib: data_estimate.div_ceil(MIB),
-            free_mib: free_bytes(&out_dir).unwrap_or(0) / MIB,
+            dir: out_dir.to_owned(),
+            needed_mib: layout.data_estimate.div_ceil(MIB),
+            free_mib: free_bytes(out_dir).unwrap_or(0) / MIB,
         },
         ImageError::Tool { ref message, .. } if message.contains("No space left") => {
             ImageError::NoSpace {
-                dir: out_dir.clone(),
-                needed_mib: data_estimate.div_ceil(MIB),
-                free_mib: free_bytes(&out_dir).unwrap_or(0) / MIB,
+                dir: out_dir.to_owned(),
+                needed_mib: layout.data_estimate.div_ceil(MIB),
+                free_mib: free_bytes(out_dir).unwrap_or(0) / MIB,
             }
         }
         ImageError::SizeTooSmall { .. } => ImageError::SizeTooSmall {
-            asked_mib: total / MIB,
-            needed_mib: (total + root_len / 4).div_ceil(MIB),
+            asked_mib: layout.size / MIB,
+            needed_mib: (layout.size + root.len / 4).div_ceil(MIB),
         },
         e => e,
     };
 
-    let t = step(progress, "partition table");
+    progress.step("partition table", None);
     let _ = std::fs::remove_file(&tmp_img);
     // 0600 whatever the umask: the image carries the join token, node.toml and the Wi-Fi key.
     let mut img = File::options()
@@ -367,55 +303,41 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummar
         .mode(0o600)
         .open(&tmp_img)
         .map_err(io(&tmp_img))?;
-    img.set_len(total).map_err(io(&tmp_img)).map_err(no_space)?;
-    write_mbr(
-        &mut img, &tmp_img, sig, boot_start, boot_len, root_start, root_len,
-    )?;
-    done(
-        progress,
-        "partition table",
-        format!("MBR, disk signature {sig:08x}"),
-        t,
-    );
+    img.set_len(layout.size)
+        .map_err(io(&tmp_img))
+        .map_err(no_space)?;
+    write_mbr(&mut img, &tmp_img, layout)?;
+    progress.done("partition table", format!("MBR, disk signature {sig:08x}"));
 
-    // The partitions are disjoint byte ranges of the file: FAT (in this process) and ext4
-    // (mke2fs) are written at the same time.
-    let t = step(progress, "boot (FAT32) and root (ext4) partitions");
+    progress.step("boot (FAT32) and root (ext4) partitions", None);
     let (fat, ext4) = std::thread::scope(|s| {
         let fat = s.spawn(|| {
             crate::fat::write_boot_partition(
-                &mut img,
-                &tmp_img,
-                boot_start,
-                boot_len,
-                sig,
-                &boot_files,
+                &mut img, &tmp_img, boot.start, boot.len, sig, boot_files,
             )
         });
         let ext4 = tree.make_ext4(
             &tmp_img,
-            root_start,
-            root_len,
-            &root_uuid(&host.name),
+            root.start,
+            root.len,
+            &plan::root_uuid(&opts.host.name),
             "ROOT",
         );
         (fat.join().expect("FAT writer"), ext4)
     });
     fat.map_err(no_space)?;
     ext4.map_err(no_space)?;
-    done(
-        progress,
+    progress.done(
         "boot (FAT32) and root (ext4) partitions",
         format!(
             "{} boot files, {} MiB root",
             boot_files.len(),
-            root_len / MIB
+            root.len / MIB
         ),
-        t,
     );
     drop(tree);
 
-    let t = step(progress, "bmap and checksum");
+    progress.step("bmap and checksum", None);
     // The image reaches the disk while it is hashed: nothing half-written gets the final name.
     let (synced, hashed) = std::thread::scope(|s| {
         let sync = s.spawn(|| img.sync_all());
@@ -434,11 +356,9 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummar
         })
         .map_err(io(&tmp_bmap))
         .map_err(no_space)?;
-    done(
-        progress,
+    progress.done(
         "bmap and checksum",
         format!("{} MiB mapped", bmap.mapped_bytes() / MIB),
-        t,
     );
 
     let bmap_path = PathBuf::from(format!("{}.bmap", opts.output.display()));
@@ -446,21 +366,10 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummar
     guard_img.0 = None;
     std::fs::rename(&tmp_bmap, &bmap_path).map_err(io(&bmap_path))?;
     guard_bmap.0 = None;
-
-    Ok(BuildSummary {
-        image: opts.output.clone(),
-        bmap: bmap_path,
+    Ok(Written {
+        bmap,
+        bmap_path,
         sha256,
-        size: total,
-        mapped_bytes: bmap.mapped_bytes(),
-        disk_signature: format!("{sig:08x}"),
-        root_partuuid: partuuid,
-        kernel_version: assets.kernel_version.clone(),
-        packages: assets.packages.clone(),
-        token_baked: opts.token.is_some(),
-        token_drop: TOKEN_DROP_NAME.into(),
-        k3s,
-        notes,
     })
 }
 
@@ -482,21 +391,13 @@ fn check_token_ca(server: &str, token: &[u8]) -> Result<String, ImageError> {
     })
 }
 
-fn write_mbr(
-    img: &mut File,
-    path: &Path,
-    sig: u32,
-    boot_start: u64,
-    boot_len: u64,
-    root_start: u64,
-    root_len: u64,
-) -> Result<(), ImageError> {
+fn write_mbr(img: &mut File, path: &Path, layout: &Layout) -> Result<(), ImageError> {
     let bad = |m: String| ImageError::Tool {
         tool: "mbrman".into(),
         message: m,
     };
-    let mut mbr =
-        mbrman::MBR::new_from(img, 512, sig.to_le_bytes()).map_err(|e| bad(e.to_string()))?;
+    let mut mbr = mbrman::MBR::new_from(img, 512, layout.disk_signature.to_le_bytes())
+        .map_err(|e| bad(e.to_string()))?;
     let part = |sys: u8, start: u64, len: u64, boot: bool| mbrman::MBRPartitionEntry {
         boot: if boot {
             mbrman::BOOT_ACTIVE
@@ -509,57 +410,34 @@ fn write_mbr(
         starting_lba: (start / 512) as u32,
         sectors: (len / 512) as u32,
     };
-    mbr[1] = part(0x0c, boot_start, boot_len, true);
-    mbr[2] = part(0x83, root_start, root_len, false);
+    mbr[1] = part(0x0c, layout.boot.start, layout.boot.len, true);
+    mbr[2] = part(0x83, layout.root.start, layout.root.len, false);
     mbr.write_into(img).map_err(|e| bad(e.to_string()))?;
     img.flush().map_err(io(path))?;
     Ok(())
 }
 
-fn boot_files(
-    board: &Board,
-    assets: &BootAssets,
+/// The bytes of the boot partition's files, in order.
+fn read_boot_files(
+    files: Vec<BootFile>,
     initrd: &[u8],
-    host: &str,
-    partuuid: &str,
-    country: Option<&str>,
 ) -> Result<Vec<(String, Vec<u8>)>, ImageError> {
-    let mut files = Vec::new();
-    let read = |p: &Path, pkg: &str| {
-        std::fs::read(p).map_err(|_| ImageError::AssetMissing {
-            what: format!("{} (Debian package {pkg})", p.display()),
-            help: "the package has a different layout than expected: pass --boot-assets with another version".into(),
+    files
+        .into_iter()
+        .map(|f| {
+            let data = match f.source {
+                BootSource::Asset { path, package } => {
+                    std::fs::read(&path).map_err(|_| ImageError::AssetMissing {
+                        what: format!("{} (Debian package {package})", path.display()),
+                        help: "the package has a different layout than expected: pass --boot-assets with another version".into(),
+                    })?
+                }
+                BootSource::Initramfs => initrd.to_vec(),
+                BootSource::Text(text) => text.into_bytes(),
+            };
+            Ok((f.name, data))
         })
-    };
-    for f in &board.firmware {
-        files.push((
-            f.clone(),
-            read(&assets.firmware_dir.join(f), "raspi-firmware")?,
-        ));
-    }
-    files.push((
-        board.dtb.clone(),
-        read(&assets.dtb_dir.join(&board.dtb), "linux-image-arm64")?,
-    ));
-    files.push((
-        KERNEL_FILE.into(),
-        read(&assets.kernel_image, "linux-image-arm64")?,
-    ));
-    files.push((INITRD_FILE.into(), initrd.to_vec()));
-    files.push(("config.txt".into(), board.config_txt(host).into_bytes()));
-    files.push((
-        "cmdline.txt".into(),
-        format!("{}\n", board.cmdline(partuuid, country)).into_bytes(),
-    ));
-    let mut manifest = format!(
-        "# Boot assets of this image (imagegen).\nkernel {}\n",
-        assets.kernel_version
-    );
-    for p in &assets.packages {
-        manifest.push_str(&format!("{} {} sha256:{}\n", p.package, p.file, p.sha256));
-    }
-    files.push(("armfleet-assets.txt".into(), manifest.into_bytes()));
-    Ok(files)
+        .collect()
 }
 
 /// The `modules.*` index files depmod makes for the boot assets' kernel modules, made in a

@@ -6,21 +6,20 @@ use std::path::PathBuf;
 /// Why an image could not be built or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    /// No board profile by that name.
-    #[error("unknown board {name:?}: known boards are {known}; run `imagegen boards`")]
-    UnknownBoard {
-        /// What was asked for.
-        name: String,
-        /// Comma-separated known names.
-        known: String,
-    },
-    /// A board profile file does not parse or makes no sense.
-    #[error("board profile {origin}: {message}")]
-    BadBoard {
-        /// The profile (file name).
-        origin: String,
-        /// What is wrong.
-        message: String,
+    /// The board is unknown, or its profile is not usable.
+    #[error("{0}")]
+    Board(#[from] bootstrap::board::BoardError),
+    /// The boot files outgrow the board's boot partition.
+    #[error(
+        "the boot files ({files_mib} MiB) do not fit the {board} profile's partitions.boot_mib = {boot_mib}: raise it"
+    )]
+    BootTooSmall {
+        /// The board.
+        board: String,
+        /// What the boot files take, with the FAT's own room, MiB.
+        files_mib: u64,
+        /// The profile's boot partition, MiB.
+        boot_mib: u64,
     },
     /// The topology could not be used.
     #[error("{0}")]
@@ -171,13 +170,13 @@ pub enum ImageError {
     },
 }
 
-impl ImageError {
-    /// The exit class: usage errors are the user's to fix; I/O and tools are the environment's.
-    pub fn class(&self) -> bootstrap::exit::ExitClass {
+/// Usage errors are the user's to fix; I/O and tools are the environment's.
+impl bootstrap::exit::Classify for ImageError {
+    fn exit_class(&self) -> bootstrap::exit::ExitClass {
         use bootstrap::exit::ExitClass;
         match self {
-            ImageError::UnknownBoard { .. }
-            | ImageError::BadBoard { .. }
+            ImageError::Board(_)
+            | ImageError::BootTooSmall { .. }
             | ImageError::Topology(_)
             | ImageError::UnknownHost { .. }
             | ImageError::WrongBoard { .. }

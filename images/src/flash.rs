@@ -138,9 +138,9 @@ pub enum FlashError {
     },
 }
 
-impl FlashError {
-    /// Exit class.
-    pub fn class(&self) -> bootstrap::exit::ExitClass {
+/// A card that fails or is busy is the device's; a refusal is the user's to act on.
+impl bootstrap::exit::Classify for FlashError {
+    fn exit_class(&self) -> bootstrap::exit::ExitClass {
         use bootstrap::exit::ExitClass;
         match self {
             FlashError::Io { .. } | FlashError::Busy { .. } | FlashError::VerifyFailed { .. } => {

@@ -277,13 +277,21 @@ address = "10.10.10.20"
 wifi = { ssid = "guest" }
 "#;
 
+    fn board(name: &str) -> Board {
+        crate::board::Registry::builtin()
+            .unwrap()
+            .get(name)
+            .unwrap()
+            .clone()
+    }
+
     fn topo() -> Topology {
         Topology::from_toml_str(TOPO, "test.toml", Path::new("/nonexistent")).unwrap()
     }
 
     #[test]
     fn tagged_dhcp_host_gets_a_vlan_netdev_and_dhcp_on_it() {
-        let p = plan_from(&topo(), &Board::by_name("rpi4").unwrap(), Some("trunk-pi")).unwrap();
+        let p = plan_from(&topo(), &board("rpi4"), Some("trunk-pi")).unwrap();
         assert_eq!(p.plan.net.l3_iface(), "eth0.40");
         assert!(
             p.token.is_none() && p.token_note.is_some(),
@@ -309,7 +317,7 @@ wifi = { ssid = "guest" }
 
     #[test]
     fn open_wifi_host_gets_key_mgmt_none_and_the_cluster_country() {
-        let p = plan_from(&topo(), &Board::by_name("rpi3a").unwrap(), None).unwrap();
+        let p = plan_from(&topo(), &board("rpi3a"), None).unwrap();
         assert_eq!(p.plan.name, "open-wifi", "first host of the board");
         let conf = p.plan.wpa_supplicant_conf().unwrap();
         assert!(
@@ -346,9 +354,7 @@ wifi = { ssid = "guest" }
             );
         }
         // And in a plan built any other way: refused before anything is written.
-        let mut p = plan_from(&topo(), &Board::by_name("rpi3a").unwrap(), None)
-            .unwrap()
-            .plan;
+        let mut p = plan_from(&topo(), &board("rpi3a"), None).unwrap().plan;
         p.wifi.as_mut().unwrap().ssid = "lab\"\nctrl_interface=/tmp/x".into();
         let e = p.validate().unwrap_err().to_string();
         assert!(e.contains("double quote"), "{e}");
@@ -356,7 +362,7 @@ wifi = { ssid = "guest" }
 
     #[test]
     fn a_non_ascii_ssh_key_is_an_error_not_a_panic() {
-        let mut p = plan_from(&topo(), &Board::by_name("rpi4").unwrap(), Some("trunk-pi"))
+        let mut p = plan_from(&topo(), &board("rpi4"), Some("trunk-pi"))
             .unwrap()
             .plan;
         // 19 ASCII bytes then a two-byte character straddling byte 20.
@@ -367,8 +373,7 @@ wifi = { ssid = "guest" }
 
     #[test]
     fn host_of_another_board_is_refused_with_the_right_command() {
-        let e =
-            plan_from(&topo(), &Board::by_name("rpi3a").unwrap(), Some("trunk-pi")).unwrap_err();
+        let e = plan_from(&topo(), &board("rpi3a"), Some("trunk-pi")).unwrap_err();
         assert!(
             e.to_string()
                 .contains("run `imagegen rpi4 --host trunk-pi`"),
@@ -379,7 +384,7 @@ wifi = { ssid = "guest" }
     #[test]
     fn embedded_default_gives_rpi4_2_and_rpi3a_ctl() {
         let t = Topology::embedded_default();
-        let p = plan_from(&t, &Board::by_name("rpi4").unwrap(), None).unwrap();
+        let p = plan_from(&t, &board("rpi4"), None).unwrap();
         assert_eq!(p.plan.name, "rpi4-2");
         assert_eq!(
             p.plan.node.server.token_drop.as_deref(),

@@ -53,6 +53,8 @@ pub struct Node {
     /// `network.nameservers` value, e.g. `["10.10.0.1"]` (empty: none; a Pi-style node with
     /// nameservers writes the host's /etc/armfleet/resolv.conf).
     pub nameservers: String,
+    /// More `k3s.kubelet_args` after `healthz-port=PORT`.
+    pub kubelet_args: Vec<String>,
 }
 
 impl Node {
@@ -76,6 +78,7 @@ impl Node {
             logs_keys: String::new(),
             labels: "\"armfleet.io/kind\" = \"pi\"\n".into(),
             nameservers: String::new(),
+            kubelet_args: Vec::new(),
         }
     }
 
@@ -98,7 +101,7 @@ token_file = "{d}/token"
 [k3s]
 bin = "{d}/k3s"
 data_dir = "{d}/k3s-data"
-kubelet_args = ["healthz-port={port}"]
+kubelet_args = ["healthz-port={port}"{more_kubelet_args}]
 {k3s}
 [network]
 iface = "lo"
@@ -114,6 +117,11 @@ dir = "{d}/log"
 {extra}
 "#,
             port = self.port,
+            more_kubelet_args = self
+                .kubelet_args
+                .iter()
+                .map(|a| format!(", {a:?}"))
+                .collect::<String>(),
             k3s = self.k3s_keys,
             labels = self.labels,
             sup = self.supervise_keys,

@@ -212,25 +212,36 @@ impl CgroupPlan {
 
 /// Controllers of `/proc/cgroups` that are enabled, known to k3s, not among `mounted`, and not
 /// taken by the cgroup2 hierarchy (`v2_controllers`: a controller bound there cannot also be
-/// mounted as v1).
+/// mounted as v1). Controllers that already share a v1 hierarchy elsewhere (same hierarchy id,
+/// e.g. `cpu,cpuacct`) can only be mounted together: they come as one comma-joined entry.
 fn unmounted_v1_controllers(
     proc_cgroups: &str,
     mounted: &BTreeSet<&str>,
     v2_controllers: &BTreeSet<&str>,
 ) -> Vec<String> {
-    proc_cgroups
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            // subsys_name hierarchy num_cgroups enabled
-            (f.len() >= 4 && f[3] == "1").then_some(f[0])
-        })
-        .filter(|c| {
-            V1_CONTROLLERS.contains(c) && !mounted.contains(c) && !v2_controllers.contains(c)
-        })
-        .map(str::to_owned)
-        .collect()
+    let mut groups: Vec<(u32, Vec<&str>)> = Vec::new();
+    for l in proc_cgroups.lines().filter(|l| !l.starts_with('#')) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // subsys_name hierarchy num_cgroups enabled
+        if f.len() < 4 || f[3] != "1" {
+            continue;
+        }
+        let (name, hierarchy) = (f[0], f[1].parse::<u32>().unwrap_or(0));
+        if !V1_CONTROLLERS.contains(&name)
+            || mounted.contains(name)
+            || v2_controllers.contains(name)
+        {
+            continue;
+        }
+        match groups
+            .iter_mut()
+            .find(|(h, _)| hierarchy != 0 && *h == hierarchy)
+        {
+            Some((_, names)) => names.push(name),
+            None => groups.push((hierarchy, vec![name])),
+        }
+    }
+    groups.into_iter().map(|(_, n)| n.join(",")).collect()
 }
 
 /// Decides the cgroup layout from the host's mountinfo and the controllers the v2 root offers
@@ -287,6 +298,24 @@ pub fn plan_cgroups(
         let mounted: BTreeSet<&str> = hierarchies.iter().flat_map(|(_, n)| n.split(',')).collect();
         let v2: BTreeSet<&str> = v2_controllers.unwrap_or("").split_whitespace().collect();
         let mount_v1 = unmounted_v1_controllers(proc_cgroups, &mounted, &v2);
+        return Ok(CgroupPlan::V1 {
+            hierarchies,
+            unified,
+            mount_v1,
+        });
+    }
+    // No usable hierarchy is mounted here (a v2 root without the controllers, or none): mount
+    // the kernel's v1 controllers inside the chroot when it has cpuset and memory to give.
+    let v2: BTreeSet<&str> = v2_controllers.unwrap_or("").split_whitespace().collect();
+    let mounted: BTreeSet<&str> = hierarchies.iter().flat_map(|(_, n)| n.split(',')).collect();
+    let mount_v1 = unmounted_v1_controllers(proc_cgroups, &mounted, &v2);
+    let offered =
+        |c: &str| mounted.contains(c) || mount_v1.iter().any(|g| g.split(',').any(|x| x == c));
+    if offered("cpuset") && offered("memory") {
+        let unified = mounts
+            .iter()
+            .find(|m| m.fstype == "cgroup2")
+            .map(|m| m.mount_point.clone());
         return Ok(CgroupPlan::V1 {
             hierarchies,
             unified,
@@ -463,15 +492,7 @@ fn mount_cgroups(root: &Path, plan: &CgroupPlan) -> Result<(), ChrootError> {
             )?;
             for (src, name) in hierarchies {
                 bind(src, &target.join(name), false)?;
-                // Runtimes look for single-controller names too (cpu and cpuacct → cpu,cpuacct).
-                if name.contains(',') {
-                    for part in name.split(',') {
-                        let link = target.join(part);
-                        if std::fs::symlink_metadata(&link).is_err() {
-                            std::os::unix::fs::symlink(name, &link).map_err(io(&link))?;
-                        }
-                    }
-                }
+                link_single_names(&target, name)?;
             }
             for ctrl in mount_v1 {
                 let dst = target.join(ctrl);
@@ -480,7 +501,9 @@ fn mount_cgroups(root: &Path, plan: &CgroupPlan) -> Result<(), ChrootError> {
                 if let Err(e) = mount_fs("cgroup", &dst, flags, Some(ctrl)) {
                     tracing::warn!("cannot mount the {ctrl} cgroup controller: {e}");
                     let _ = std::fs::remove_dir(&dst);
+                    continue;
                 }
+                link_single_names(&target, ctrl)?;
             }
             if let Some(u) = unified {
                 bind(u, &target.join("unified"), false)?;
@@ -488,6 +511,19 @@ fn mount_cgroups(root: &Path, plan: &CgroupPlan) -> Result<(), ChrootError> {
             Ok(())
         }
     }
+}
+
+/// Runtimes look for single-controller names too: `cpu` and `cpuacct` → `cpu,cpuacct`.
+fn link_single_names(target: &Path, name: &str) -> Result<(), ChrootError> {
+    if name.contains(',') {
+        for part in name.split(',') {
+            let link = target.join(part);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(name, &link).map_err(io(&link))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// mke2fs candidates outside the chroot, most likely first (Android ships one in /system/bin).
@@ -751,6 +787,33 @@ mod tests {
             hierarchies.contains(&(PathBuf::from("/sys/fs/cgroup/cpu acct"), "cpuacct".into()))
         );
         assert_eq!(unified, Some(PathBuf::from("/dev/cg2_bpf")));
+    }
+
+    #[test]
+    fn a_v2_root_without_controllers_gets_the_kernels_v1_ones_mounted() {
+        // What a container or a phone may show: cgroup2 at /sys/fs/cgroup offering hugetlb only,
+        // while the kernel's v1 controllers live in hierarchies mounted elsewhere.
+        let mi = "25 20 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
+        let proc_cgroups = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpuset\t3\t1\t1\ncpu\t1\t1\t1\ncpuacct\t1\t1\t1\nmemory\t4\t12\t1\nhugetlb\t0\t1\t1\npids\t8\t1\t1\n";
+        let plan = plan_cgroups(
+            mi,
+            Some("hugetlb"),
+            "nodev\tcgroup\nnodev\tcgroup2\n",
+            proc_cgroups,
+        )
+        .unwrap();
+        let CgroupPlan::V1 {
+            hierarchies,
+            unified,
+            mount_v1,
+        } = plan
+        else {
+            panic!("expected v1 mounts: {plan:?}")
+        };
+        assert!(hierarchies.is_empty());
+        assert_eq!(unified, Some(PathBuf::from("/sys/fs/cgroup")));
+        // cpu and cpuacct share a hierarchy: mounted together. hugetlb belongs to cgroup2.
+        assert_eq!(mount_v1, ["cpuset", "cpu,cpuacct", "memory", "pids"]);
     }
 
     #[test]

@@ -211,6 +211,7 @@ fn prepare_and_run(config_path: &Path, ready: &mut Option<OwnedFd>) -> Result<()
         config_dir,
         power_dir,
         cgroups,
+        nf_tables,
     } = match prepared {
         Ok(v) => v,
         Err(e) => {
@@ -224,6 +225,7 @@ fn prepare_and_run(config_path: &Path, ready: &mut Option<OwnedFd>) -> Result<()
     let mut sup = Supervisor::new(config, config_dir, status)?;
     sup.power_dir = power_dir;
     sup.cgroups = cgroups;
+    sup.nf_tables = nf_tables;
     sup.status.cgroups = Some(cgroups);
     sup.config_name = config_path.file_name().unwrap_or_default().to_owned();
     let prep = sup.prepare_inside();
@@ -309,6 +311,9 @@ struct Prepared {
     power_dir: Option<std::fs::File>,
     /// The cgroup layout the agent gets (from the plan that was mounted).
     cgroups: bootstrap::status::CgroupLayout,
+    /// Whether the kernel has nf_tables, from its config read where node-runtime started
+    /// (Android's /proc on a phone: the chroot's fresh /proc is the same kernel, but read once).
+    nf_tables: Option<bool>,
 }
 
 fn prepare(config: &NodeConfig, config_path: &Path) -> Result<Prepared, RunError> {
@@ -340,8 +345,11 @@ fn prepare(config: &NodeConfig, config_path: &Path) -> Result<Prepared, RunError
         .power
         .as_ref()
         .and_then(|p| std::fs::File::open(&p.power_supply_dir).ok());
+    let config_text = bootstrap::kernel::local_config().ok().map(|(t, _)| t);
+    let nf_tables = iptables::kernel_has_nf_tables(config_text.as_deref());
     chroot::enter(config, &plan)?;
     Ok(Prepared {
+        nf_tables,
         wakelock,
         config_dir,
         power_dir,
@@ -369,6 +377,8 @@ struct Supervisor {
     power_dir: Option<std::fs::File>,
     /// See [`Prepared::cgroups`].
     cgroups: bootstrap::status::CgroupLayout,
+    /// See [`Prepared::nf_tables`].
+    nf_tables: Option<bool>,
     /// The iptables backend given to the agent.
     iptables: Option<iptables::Decision>,
     /// The policy rules kept for the agent (phones).
@@ -408,6 +418,7 @@ impl Supervisor {
             config_dir,
             power_dir: None,
             cgroups: bootstrap::status::CgroupLayout::V2,
+            nf_tables: None,
             iptables: None,
             router: None,
             args: Vec::new(),
@@ -447,12 +458,7 @@ impl Supervisor {
         self.node_ip = agent::node_ip(&self.config)?;
         self.status.node_ip = self.node_ip.map(|i| i.to_string());
         self.args = agent::agent_args(&self.config, self.node_ip, self.cgroups);
-        // The kernel config, read where the agent will run (/proc of the chroot on a phone).
-        let config_text = bootstrap::kernel::local_config().ok().map(|(t, _)| t);
-        let decision = iptables::decide(
-            self.config.chroot.is_some(),
-            iptables::kernel_has_nf_tables(config_text.as_deref()),
-        );
+        let decision = iptables::decide(self.config.chroot.is_some(), self.nf_tables);
         for note in iptables::apply(&decision, Path::new("/")) {
             self.say(format!("iptables: {note}"));
         }

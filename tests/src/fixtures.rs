@@ -60,12 +60,7 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
 pub fn mini_node_rootfs() -> PathBuf {
     let dir = cache_dir("node-rootfs-mini");
     let _lock = lock(&dir.join(".lock"));
-    let base = dir.join("busybox-base.tar");
-    if !base.exists() {
-        let tree = tempfile::tempdir_in(&dir).expect("temp dir");
-        busybox_rootfs(tree.path());
-        tar_tree(tree.path(), &base);
-    }
+    let base = mini_base_tarball();
     let req = BuildRequest {
         base: Base::Tarball(base),
         overlay: OverlayInputs {
@@ -79,6 +74,40 @@ pub fn mini_node_rootfs() -> PathBuf {
     build(&req, &Silent)
         .unwrap_or_else(|e| panic!("building the mini node rootfs: {e}"))
         .tarball
+}
+
+/// [`mini_node_rootfs`] without a k3s binary: what a phone gets when k3s comes separately (from
+/// the laptop over USB, or fetched by node-runtime).
+pub fn mini_node_rootfs_without_k3s() -> PathBuf {
+    let dir = cache_dir("node-rootfs-mini-no-k3s");
+    let _lock = lock(&dir.join(".lock"));
+    let base = mini_base_tarball();
+    let req = BuildRequest {
+        base: Base::Tarball(base),
+        overlay: OverlayInputs {
+            node_runtime: aarch64_bin("node-runtime"),
+            k3s: None,
+            epoch: FIXTURE_EPOCH,
+        },
+        cache: dir.join("cache"),
+        refresh_base: false,
+    };
+    build(&req, &Silent)
+        .unwrap_or_else(|e| panic!("building the mini node rootfs without k3s: {e}"))
+        .tarball
+}
+
+/// The busybox base of the mini rootfs, built once.
+fn mini_base_tarball() -> PathBuf {
+    let dir = cache_dir("node-rootfs-mini");
+    let base = dir.join("busybox-base.tar");
+    let _lock = lock(&dir.join(".base-lock"));
+    if !base.exists() {
+        let tree = tempfile::tempdir_in(&dir).expect("temp dir");
+        busybox_rootfs(tree.path());
+        tar_tree(tree.path(), &base);
+    }
+    base
 }
 
 /// The real node rootfs: Debian bookworm arm64 from mmdebstrap (host's apt mirror) + node-runtime

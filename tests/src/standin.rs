@@ -57,6 +57,8 @@ pub struct Node {
     pub iface: String,
     /// Extra keys for the `[network]` table.
     pub network_keys: String,
+    /// More `k3s.kubelet_args` after `healthz-port=PORT`.
+    pub kubelet_args: Vec<String>,
 }
 
 impl Node {
@@ -82,6 +84,7 @@ impl Node {
             nameservers: String::new(),
             iface: "lo".into(),
             network_keys: String::new(),
+            kubelet_args: Vec::new(),
         }
     }
 
@@ -104,7 +107,7 @@ token_file = "{d}/token"
 [k3s]
 bin = "{d}/k3s"
 data_dir = "{d}/k3s-data"
-kubelet_args = ["healthz-port={port}"]
+kubelet_args = ["healthz-port={port}"{more_kubelet_args}]
 {k3s}
 [network]
 iface = "{iface}"
@@ -121,6 +124,11 @@ dir = "{d}/log"
 {extra}
 "#,
             port = self.port,
+            more_kubelet_args = self
+                .kubelet_args
+                .iter()
+                .map(|a| format!(", {a:?}"))
+                .collect::<String>(),
             k3s = self.k3s_keys,
             labels = self.labels,
             sup = self.supervise_keys,

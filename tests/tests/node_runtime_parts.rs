@@ -1279,7 +1279,7 @@ fn run_ok(cmd: &mut Command) {
     );
 }
 
-/// Loads netd's rules (a real phone's listing, tests/data/netd/) into `ns`, with a `wlan0` whose
+/// Loads netd's rules (a real phone's listing, as the virtual phone has them) into `ns`, with a `wlan0` whose
 /// routes live in its own table (1030) and a main table without a default route, as on a phone.
 fn android_network(ns: &NetNs) {
     ns.ip("link set lo up");
@@ -1300,20 +1300,10 @@ fn android_network(ns: &NetNs) {
     // Linux's own rules go; netd's come from the listing.
     ns.ip("rule del pref 32766");
     ns.ip("rule del pref 32767");
-    let listing =
-        std::fs::read_to_string(workspace_root().join("tests/data/netd/pixel7a-ip-rule.txt"))
-            .unwrap();
-    for line in listing.lines() {
-        let (pref, rest) = line.split_once(':').unwrap();
-        if pref.trim() == "0" {
-            continue;
-        }
-        let rest = rest.trim().trim_start_matches("from all ").trim();
-        if rest == "unreachable" {
-            ns.ip(&format!("rule add pref {} unreachable", pref.trim()));
-        } else {
-            ns.ip(&format!("rule add pref {} {rest}", pref.trim()));
-        }
+    // The virtual phone's rule set (a Pixel 7a's listing; tests/data/README.md names it).
+    for (pref, rule) in armfleet_tests::vphone::netd::rules() {
+        let rule = rule.trim_start_matches("from all ").trim();
+        ns.ip(&format!("rule add pref {pref} {rule}"));
     }
     // What flannel leaves in main: the pod network behind cni0 and flannel.1.
     for (dev, peer) in [("cni0", "cni0-peer"), ("flannel.1", "flannel-peer")] {

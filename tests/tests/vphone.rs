@@ -816,3 +816,333 @@ fn link_rate_paces_host_to_phone_bytes() {
         size
     );
 }
+
+// ---------- Android-shaped phones: cgroup layouts, netd's network, kernels without nf_tables ----------
+
+/// The cgroup lines of the phone's /proc/mounts, as the shell user reads them through adb.
+fn cgroup_mounts(adb: &AdbServer, phone: &VirtualPhone) -> Vec<String> {
+    let (rc, out, err) = sh(adb, phone, "cat /proc/mounts");
+    assert_eq!(rc, 0, "{err}");
+    out.lines()
+        .filter(|l| l.split(' ').nth(2).is_some_and(|t| t.starts_with("cgroup")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Boots the two Android-shaped profiles side by side, connected to one adb server; None when
+/// this machine cannot give them their cgroups and skipping is allowed.
+fn android_phones() -> Option<(VirtualPhone, VirtualPhone, AdbServer)> {
+    for kind in [
+        armfleet_tests::vphone::Cgroups::Hybrid,
+        armfleet_tests::vphone::Cgroups::V1,
+    ] {
+        if let Err(why) = armfleet_tests::vphone::cgroups_supported(kind)
+            && armfleet_tests::util::skip_for_missing(&why)
+        {
+            return None;
+        }
+    }
+    let adb = AdbServer::start();
+    let (hybrid, v1) = std::thread::scope(|s| {
+        let h = s.spawn(|| VirtualPhone::start("android14-hybrid", PhoneOptions::default()));
+        let v = s.spawn(|| VirtualPhone::start("android9-v1", PhoneOptions::default()));
+        (h.join().unwrap(), v.join().unwrap())
+    });
+    adb.connect(&hybrid);
+    adb.connect(&v1);
+    Some((hybrid, v1, adb))
+}
+
+#[test]
+fn android_profiles_mount_cgroups_where_android_does() {
+    let Some((hybrid, v1, adb)) = android_phones() else {
+        return;
+    };
+    let flags = "rw,nosuid,nodev,noexec,relatime";
+    // Android 9's init.rc: v1 controllers under /dev and /acct, no cgroup2 anywhere.
+    assert_eq!(
+        cgroup_mounts(&adb, &v1),
+        [
+            format!("none /acct cgroup {flags},cpuacct 0 0"),
+            format!("none /dev/memcg cgroup {flags},memory 0 0"),
+            format!("none /dev/cpuctl cgroup {flags},cpu 0 0"),
+            format!("none /dev/cpuset cgroup {flags},cpuset 0 0"),
+        ],
+        "(this machine keeps cpu and cpuacct apart, as Android does)"
+    );
+    // Android 10+ (cgroups.json): the same, blkio, and cgroup2 at /sys/fs/cgroup.
+    assert_eq!(
+        cgroup_mounts(&adb, &hybrid),
+        [
+            format!("none /acct cgroup {flags},cpuacct 0 0"),
+            format!("none /dev/memcg cgroup {flags},memory 0 0"),
+            format!("none /dev/cpuctl cgroup {flags},cpu 0 0"),
+            format!("none /dev/cpuset cgroup {flags},cpuset 0 0"),
+            format!("none /dev/blkio cgroup {flags},blkio 0 0"),
+            format!("none /sys/fs/cgroup cgroup2 {flags} 0 0"),
+        ]
+    );
+    // The controllers are live hierarchies, readable by the shell user as on a phone; /dev is a
+    // tmpfs of the phone's own, as Android's.
+    for phone in [&v1, &hybrid] {
+        let (rc, out, err) = sh(
+            &adb,
+            phone,
+            "ls /dev/memcg /dev/cpuctl /dev/cpuset /acct; grep ' /dev ' /proc/mounts",
+        );
+        assert_eq!(rc, 0, "{err}");
+        for file in [
+            "memory.limit_in_bytes",
+            "cpu.shares",
+            "cpuset.cpus",
+            "cpuacct.usage",
+            "cgroup.procs",
+        ] {
+            assert!(out.contains(&format!("{file}\n")), "{file} missing:\n{out}");
+        }
+        assert!(
+            out.contains("tmpfs /dev tmpfs rw,nosuid,relatime,mode=755 0 0"),
+            "{out}"
+        );
+        // What the shell needs from /dev is there.
+        let (rc, out, err) = sh(
+            &adb,
+            phone,
+            "echo hi > /dev/null && head -c 4 /dev/zero | wc -c && ls /dev/kmsg /dev/loop-control",
+        );
+        assert_eq!(
+            (rc, out.as_str()),
+            (0, "4\n/dev/kmsg\n/dev/loop-control\n"),
+            "{err}"
+        );
+    }
+    let (_, out, _) = sh(
+        &adb,
+        &hybrid,
+        "cat /sys/fs/cgroup/cgroup.controllers; echo end",
+    );
+    assert!(out.ends_with("end\n"), "{out}");
+    // The phones' mount points were made in their own /dev, never in the machine's.
+    for d in ["/dev/memcg", "/dev/cpuctl", "/dev/cpuset", "/dev/blkio"] {
+        assert!(
+            !std::path::Path::new(d).exists(),
+            "{d} made on the build machine"
+        );
+    }
+}
+
+#[test]
+fn android_profiles_serve_their_kernel_config() {
+    let Some((hybrid, v1, adb)) = android_phones() else {
+        return;
+    };
+    // nf_tables = false: the option says "is not set" and nothing that depends on it is left.
+    let (rc, out, _) = sh(&adb, &v1, "zcat /proc/config.gz");
+    assert_eq!(rc, 0);
+    assert!(
+        out.contains("\n# CONFIG_NF_TABLES is not set\n"),
+        "no NF_TABLES line"
+    );
+    for gone in [
+        "CONFIG_NF_TABLES=",
+        "CONFIG_NFT_",
+        "CONFIG_NF_TABLES_",
+        "CONFIG_NF_FLOW_TABLE",
+    ] {
+        assert!(
+            !out.contains(gone),
+            "{gone} still in the nf_tables = false config"
+        );
+    }
+    // The legacy iptables options a kernel without nf_tables runs k3s with are still there.
+    for kept in [
+        "CONFIG_IP_NF_FILTER=m",
+        "CONFIG_IP_NF_NAT=m",
+        "CONFIG_NETFILTER_XT_MATCH_ADDRTYPE=m",
+    ] {
+        assert!(out.contains(&format!("\n{kept}\n")), "{kept} missing");
+    }
+    assert_eq!(
+        out,
+        armfleet_tests::vphone::kernel_config_text(v1.profile()),
+        "served as the profile says"
+    );
+    let (_, out, _) = sh(
+        &adb,
+        &hybrid,
+        "zcat /proc/config.gz | grep -c -e '^CONFIG_NF_TABLES=m$' -e '^CONFIG_NFT_NAT=m$'",
+    );
+    assert_eq!(out, "2\n", "nf_tables = true keeps the machine's options");
+    let (_, out, _) = sh(
+        &adb,
+        &v1,
+        "getprop ro.build.version.release; getprop ro.build.version.sdk; uname -r",
+    );
+    assert_eq!(out, "9\n28\n4.9.206-k3s-perf+\n");
+}
+
+#[test]
+fn android_network_is_netds_policy_routing_in_a_namespace_of_its_own() {
+    use armfleet_tests::vphone::netd::{WLAN0_TABLE, table_number};
+    let host_forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let (phone, adb) = start("android14-hybrid");
+    // The rules netd leaves on a phone on Wi-Fi (the fixture's), numeric tables, as iproute2
+    // prints them; nothing after `32000: from all unreachable`, no main table.
+    let (rc, out, err) = sh(&adb, &phone, "ip rule");
+    assert_eq!(rc, 0, "{err}");
+    let t = |name: &str| table_number(name).unwrap();
+    let want = format!(
+        "0:\tfrom all lookup local\n\
+         10000:\tfrom all fwmark 0xc0000/0xd0000 lookup {ls}\n\
+         11000:\tfrom all iif lo oif dummy0 uidrange 0-0 lookup {d0}\n\
+         11000:\tfrom all iif lo oif wlan0 uidrange 0-0 lookup {w}\n\
+         16000:\tfrom all fwmark 0x10063/0x1ffff iif lo lookup {ln}\n\
+         16000:\tfrom all fwmark 0x10246/0x1ffff iif lo lookup {w}\n\
+         17000:\tfrom all iif lo oif dummy0 lookup {d0}\n\
+         17000:\tfrom all iif lo oif wlan0 lookup {w}\n\
+         18000:\tfrom all fwmark 0/0x10000 lookup {ls}\n\
+         19000:\tfrom all fwmark 0/0x10000 lookup {lg}\n\
+         20000:\tfrom all fwmark 0/0x10000 lookup {ln}\n\
+         23000:\tfrom all fwmark 0x246/0x1ffff iif lo lookup {w}\n\
+         26000:\tfrom all fwmark 0/0x10000 iif lo lookup {wl}\n\
+         31000:\tfrom all fwmark 0/0xffff iif lo lookup {w}\n\
+         32000:\tfrom all unreachable\n",
+        ls = t("legacy_system"),
+        lg = t("legacy_network"),
+        ln = t("local_network"),
+        d0 = t("dummy0"),
+        w = WLAN0_TABLE,
+        wl = t("wlan0_local"),
+    );
+    let got: String = out.lines().map(|l| format!("{}\n", l.trim_end())).collect();
+    assert_eq!(got, want);
+    assert_eq!(WLAN0_TABLE, 1030, "ifindex 30 + 1000");
+    // The shell user's traffic finds the default network through rule 31000 and wlan0's table;
+    // root's too. The main table holds only the kernel's connected route.
+    let (rc, out, err) = sh(
+        &adb,
+        &phone,
+        "ip route get 1.1.1.1; su -c 'ip route get 1.1.1.1'; ip route show table main; \
+         ip route show table 1030",
+    );
+    assert_eq!(rc, 0, "{err}");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        [
+            "1.1.1.1 via 192.168.1.1 dev wlan0 table 1030 src 192.168.1.23 uid 2000",
+            "cache",
+            "1.1.1.1 via 192.168.1.1 dev wlan0 table 1030 src 192.168.1.23 uid 0",
+            "cache",
+            "192.168.1.0/24 dev wlan0 proto kernel scope link src 192.168.1.23",
+            "default via 192.168.1.1 dev wlan0 proto static",
+            "192.168.1.0/24 dev wlan0 proto static scope link",
+        ],
+        "{out}"
+    );
+    // Traffic that did not start on the phone (forwarded from a pod, say) matches no netd rule:
+    // unreachable, the wall a k3s worker on Android meets. (With forwarding off, as a phone that
+    // does not tether has it, the kernel says "No route to host"; once k3s turns it on, the
+    // rule's own "Network is unreachable".)
+    let forwarded = "ip route get 1.1.1.1 from 10.42.0.5 iif wlan0";
+    let (rc, _, err) = sh(&adb, &phone, &format!("su -c '{forwarded}'"));
+    assert_ne!(rc, 0);
+    assert!(err.contains("No route to host"), "{err}");
+    let (rc, _, err) = sh(
+        &adb,
+        &phone,
+        &format!("su -c 'echo 1 > /proc/sys/net/ipv4/ip_forward && {forwarded}'"),
+    );
+    assert_ne!(rc, 0);
+    assert!(err.contains("Network is unreachable"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        host_forward,
+        "the phone's sysctl changed the machine's"
+    );
+    // The phone's processes (shell, su, boot scripts) share one namespace that is not the
+    // machine's, and adb reached them all along from the machine's.
+    let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+    let (_, out, _) = sh(
+        &adb,
+        &phone,
+        "readlink /proc/self/ns/net; su -c 'readlink /proc/self/ns/net'",
+    );
+    let ns: Vec<&str> = out.lines().collect();
+    assert_eq!(ns.len(), 2, "{out}");
+    assert_eq!(ns[0], ns[1], "shell and su in different namespaces");
+    assert_ne!(
+        ns[0],
+        host_ns.to_string_lossy(),
+        "the phone uses the machine's network"
+    );
+    let (_, out, _) = sh(&adb, &phone, "cat /data/misc/net/rt_tables | grep wlan0");
+    assert_eq!(out, "1030 wlan0\n1000000030 wlan0_local\n");
+}
+
+#[test]
+fn phonectl_doctor_passes_the_android_profiles() {
+    let Some((hybrid, v1, adb)) = android_phones() else {
+        return;
+    };
+    let phonectl = armfleet_tests::util::host_bin("phonectl", "phonectl");
+    for phone in [&hybrid, &v1] {
+        let out = std::process::Command::new(&phonectl)
+            .args([
+                "--adb-port",
+                &adb.port().to_string(),
+                "-s",
+                &phone.serial(),
+                "doctor",
+            ])
+            .env_remove("ANDROID_SERIAL")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {text}{}",
+            phone.profile().name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(": ok\n"), "{text}");
+    }
+}
+
+#[test]
+fn v2_profile_needs_a_machine_whose_cgroup2_has_the_controllers() {
+    use armfleet_tests::vphone::Cgroups;
+    match armfleet_tests::vphone::cgroups_supported(Cgroups::V2) {
+        Ok(()) => {
+            let (phone, adb) = start("android15-v2");
+            let mounts = cgroup_mounts(&adb, &phone);
+            assert_eq!(
+                mounts,
+                ["none /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime 0 0"]
+            );
+            let (_, out, _) = sh(&adb, &phone, "cat /sys/fs/cgroup/cgroup.controllers");
+            for c in ["cpu", "cpuset", "memory", "pids"] {
+                assert!(out.split_whitespace().any(|x| x == c), "{c}: {out}");
+            }
+        }
+        Err(why) => {
+            // This machine (v1 or hybrid) cannot: starting says so, once, and leaves nothing.
+            let before = std::fs::read_dir(std::env::temp_dir()).unwrap().count();
+            let started = std::panic::catch_unwind(|| {
+                VirtualPhone::start("android15-v2", PhoneOptions::default())
+            });
+            let message = match started {
+                Ok(_) => panic!("the v2 phone started on a machine that cannot give it v2"),
+                Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+            };
+            assert_eq!(message, format!("virtual phone android15-v2: {why}"));
+            assert!(
+                message.contains("cgroups = \"v2\" needs a cgroup2 with the cpu, cpuset, memory, pids controllers"),
+                "{message}"
+            );
+            assert!(std::fs::read_dir(std::env::temp_dir()).unwrap().count() <= before);
+        }
+    }
+}

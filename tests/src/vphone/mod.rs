@@ -27,8 +27,19 @@
 //! binaries run through qemu-user in binfmt_misc. The binfmt entries must carry the `P` flag
 //! (preserve argv[0]), or busybox applets that run other applets by name (`setsid sleep`,
 //! `nohup`, `env`, `xargs`) lose their argv[0]; scripts/setup.sh registers them so.
+//!
+//! Profiles can make the phone more like a worker phone (see [`Profile`]): `cgroups = "v1"` or
+//! `"hybrid"` mount the machine's cgroup hierarchies where Android's init mounts them, on a
+//! `/dev` tmpfs of the phone's own (`cgroups` module; `"v2"` only on a machine whose cgroup2 has
+//! the controllers, else the phone refuses to start and says why: [`cgroups_supported`]);
+//! `network = "android"` gives everything that runs on the phone (adbd's shells, su, the boot
+//! scripts) a network namespace laid out as netd lays out a phone on Wi-Fi ([`netd`]), while
+//! adbd itself stays in the machine's, so adb reaches the phone as before; `nf_tables = false`
+//! serves a kernel config without nf_tables.
 
 mod armv7;
+mod cgroups;
+pub mod netd;
 mod phone;
 mod profile;
 mod rootfs;
@@ -39,8 +50,11 @@ mod sync;
 mod transport;
 pub mod wire;
 
+pub use cgroups::supported as cgroups_supported;
 pub use phone::{AID_SHELL, PhoneOptions, SHELL_GROUPS, VirtualPhone};
-pub use profile::{Arch, Auth, Battery, Profile, ProfileError, RootKind, profiles_dir};
+pub use profile::{
+    Arch, Auth, Battery, Cgroups, Network, Profile, ProfileError, RootKind, profiles_dir,
+};
 pub use rootfs::{kernel_config_text, su_client};
 pub use server::AdbServer;
 

@@ -1,10 +1,11 @@
 //! The phone itself: its root directory, its "kernel" (a PID + mount namespace whose PID 1 is
-//! busybox init, chrooted into the root), its boot sequence (Magisk's post-fs-data and
+//! busybox init, chrooted into the root; a network namespace too for `network = "android"`),
+//! its boot sequence (Magisk's post-fs-data and
 //! late_start service stages), the root daemon behind `su`, and the adbd listener.
 
 use super::profile::{Profile, RootKind};
-use super::rootfs;
 use super::transport;
+use super::{cgroups, netd, rootfs};
 use std::collections::HashMap;
 use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -118,6 +119,9 @@ impl VirtualPhone {
     /// (test equipment: a broken phone is a failed test).
     pub fn start(profile_name: &str, opts: PhoneOptions) -> VirtualPhone {
         let profile = Profile::load(profile_name).unwrap_or_else(|e| panic!("{e}"));
+        if let Err(why) = cgroups::supported(profile.cgroups) {
+            panic!("virtual phone {profile_name}: {why}");
+        }
         let port = opts.port.unwrap_or_else(pick_port);
         assert!(
             !(5555..=5585).contains(&port),
@@ -345,9 +349,35 @@ fn run_ok(cmd: &mut Command) {
     );
 }
 
-/// Mount set-up run by the phone's PID 1 (a host shell, before it becomes busybox init inside
-/// the root): what Android's init and ueventd provide.
-const INIT_SCRIPT: &str = r#"
+/// The phone's init: what Android's init and ueventd provide, run by its PID 1 as a host shell
+/// (host tools, `$1` the phone's root) before it becomes busybox init inside the root. The
+/// profile picks the `/dev`, cgroup and network parts.
+fn init_script(profile: &Profile) -> String {
+    let dev = if cgroups::own_dev(profile.cgroups) {
+        // Android's /dev is a tmpfs that ueventd fills; here it gets the machine's device nodes
+        // (copies) and its /dev directories (binds: pts, shm, ...), so what the phone's init
+        // makes in it (the cgroup mount points) never lands in the machine's /dev.
+        r#"mount -t tmpfs -o nosuid,relatime,mode=755 tmpfs "$R/dev"
+for e in /dev/*; do
+  n="${e#/dev/}"
+  if [ -d "$e" ] && [ ! -L "$e" ]; then
+    mkdir "$R/dev/$n"
+    mount --rbind "$e" "$R/dev/$n"
+  else
+    cp -a "$e" "$R/dev/$n"
+  fi
+done
+"#
+    } else {
+        "mount --rbind /dev \"$R/dev\"\n"
+    };
+    let network = if netd::own_namespace(profile) {
+        netd::setup_script()
+    } else {
+        String::new()
+    };
+    format!(
+        r#"
 set -e
 R="$1"
 # Its own host name (and IPC): what root does inside never renames the build machine.
@@ -358,17 +388,18 @@ mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 # procfs cannot hold new files: the kernel config fixture is bind-mounted over the real entry.
 mount --bind "$R/.vphone/config.gz" "$R/proc/config.gz"
 mount -t sysfs -o nosuid,nodev,noexec sysfs "$R/sys"
-mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$R/sys/fs/cgroup" || true
 mount -t tmpfs -o mode=0755 power_supply "$R/sys/class/power_supply"
 cp -a "$R/.vphone/power_supply/." "$R/sys/class/power_supply/"
-mount --rbind /dev "$R/dev"
-mount --bind "$R/system" "$R/system"
+{dev}{cgroups}{network}mount --bind "$R/system" "$R/system"
 mount -o remount,bind,ro "$R/system"
 mount --bind "$R/data/media" "$R/storage/emulated"
 # "ready" comes from inside the root, so the host never sees PID 1 before its chroot.
 exec chroot "$R" /bin/busybox sh -c \
   'echo ready; exec /bin/busybox init >>/.vphone/init.log 2>&1 </dev/null'
-"#;
+"#,
+        cgroups = cgroups::mount_script(profile.cgroups),
+    )
+}
 
 impl Inner {
     pub(crate) fn log(&self, line: &str) {
@@ -491,16 +522,13 @@ impl Inner {
     fn phone_command(&self, sh_args: &[String], root: bool) -> Command {
         let pid = self.init_pid().unwrap_or(0);
         let mut cmd = Command::new("/usr/bin/nsenter");
-        cmd.args([
-            "-t",
-            &pid.to_string(),
-            "-m",
-            "-p",
-            "-u",
-            "-i",
-            "--",
-            "/usr/sbin/chroot",
-        ]);
+        cmd.args(["-t", &pid.to_string(), "-m", "-p", "-u", "-i"]);
+        // What runs on the phone is in its network namespace; adbd (this process) stays in the
+        // machine's, where the host's adb reaches it.
+        if netd::own_namespace(&self.profile) {
+            cmd.arg("-n");
+        }
+        cmd.args(["--", "/usr/sbin/chroot"]);
         if root {
             cmd.args(["--userspec=0:0", "--groups=0"]);
         } else {
@@ -602,19 +630,18 @@ impl Inner {
     fn boot(self: &Arc<Self>) {
         std::fs::write(self.root.join(".vphone/runtime.prop"), "").unwrap();
         let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--mount", "--uts", "--ipc"]);
+        if netd::own_namespace(&self.profile) {
+            cmd.arg("--net");
+        }
         cmd.args([
-            "--pid",
-            "--fork",
-            "--mount",
-            "--uts",
-            "--ipc",
             "--propagation",
             "private",
             "--kill-child=SIGKILL",
             "--",
             "/bin/sh",
             "-c",
-            INIT_SCRIPT,
+            &init_script(&self.profile),
             "vphone-init",
         ])
         .arg(&self.root)

@@ -1,5 +1,6 @@
 //! Phone profiles as data: `tests/profiles/NAME.toml` describes what a phone shows (model, Android
-//! version, root, SELinux, kernel config, battery, /data size, adb authorization).
+//! version, root, SELinux, kernel config, battery, /data size, adb authorization, cgroup layout,
+//! network).
 
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -74,6 +75,43 @@ fn good() -> String {
     "Good".into()
 }
 
+fn yes() -> bool {
+    true
+}
+
+/// How the phone's cgroups are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cgroups {
+    /// The harness' old layout: a cgroup2 at `/sys/fs/cgroup` when the machine can mount one (its
+    /// controllers are whatever the machine left to v2), nothing else.
+    #[default]
+    Host,
+    /// Android 7–9: the v1 controllers where Android's init mounts them (memory at `/dev/memcg`,
+    /// cpu at `/dev/cpuctl`, cpuset at `/dev/cpuset`, cpuacct at `/acct`), no cgroup2; `/dev` is a
+    /// tmpfs, as Android's.
+    V1,
+    /// Android 10+: those (and blkio at `/dev/blkio`) plus a cgroup2 at `/sys/fs/cgroup`.
+    Hybrid,
+    /// cgroup v2 only, with its controllers, at `/sys/fs/cgroup`: only where the machine's cgroup2
+    /// offers cpu, cpuset, memory and pids (a v1/hybrid machine cannot: starting fails).
+    V2,
+}
+
+/// The network the phone's processes see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The build machine's own network namespace (the harness' old behaviour).
+    #[default]
+    Host,
+    /// A network namespace of its own, laid out as netd lays out a phone on Wi-Fi: `lo`,
+    /// `wlan0` (ifindex 30) with an address, `dummy0`, per-network routing tables numbered
+    /// ifindex + 1000, an almost empty main table, and netd's policy rules (`ip rule`) from
+    /// `tests/data/vphone/android-ip-rule.txt`.
+    Android,
+}
+
 /// A phone profile (see `tests/profiles/`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +172,16 @@ pub struct Profile {
     /// More system properties.
     #[serde(default)]
     pub props: std::collections::BTreeMap<String, String>,
+    /// cgroup layout (default `host`).
+    #[serde(default)]
+    pub cgroups: Cgroups,
+    /// The kernel has nf_tables (default true); false removes `CONFIG_NF_TABLES` and what
+    /// depends on it (`NFT_*`, `NF_TABLES_*`, flowtables) from `/proc/config.gz`.
+    #[serde(default = "yes")]
+    pub nf_tables: bool,
+    /// Network namespace layout (default `host`).
+    #[serde(default)]
+    pub network: Network,
 }
 
 /// Why a profile cannot be used.

@@ -142,7 +142,42 @@ pub fn kernel_config_text(profile: &Profile) -> String {
             text.push('\n');
         }
     }
-    text
+    if profile.nf_tables {
+        text
+    } else {
+        without_nf_tables(&text)
+    }
+}
+
+/// The config as `make olddefconfig` leaves it with `NF_TABLES` off: its line says "is not set"
+/// and the options that depend on it (nft expressions, the per-family tables, flowtables, the
+/// netdev duplication nft selects) are gone, set or not.
+fn without_nf_tables(text: &str) -> String {
+    let depends = |name: &str| {
+        name.starts_with("NFT_")
+            || name.starts_with("NF_TABLES_")
+            || name.starts_with("NF_FLOW_TABLE")
+            || name == "NF_DUP_NETDEV"
+    };
+    let mut out = String::new();
+    for line in text.lines() {
+        let name = line
+            .strip_prefix("# CONFIG_")
+            .and_then(|l| l.strip_suffix(" is not set"))
+            .or_else(|| {
+                line.strip_prefix("CONFIG_")
+                    .and_then(|l| l.split('=').next())
+            });
+        match name {
+            Some("NF_TABLES") => out.push_str("# CONFIG_NF_TABLES is not set\n"),
+            Some(n) if depends(n) => {}
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 fn kernel_config_gz(profile: &Profile) -> Vec<u8> {
@@ -382,4 +417,20 @@ pub(crate) fn build(root: &Path, profile: &Profile) {
         }
     }
     std::fs::write(root.join(".vphone/runtime.prop"), "").unwrap();
+
+    if super::cgroups::own_dev(profile.cgroups) {
+        // cpuacct's mount point (Android's init mounts it at /acct).
+        dir(root, "acct", 0, 0, 0o555);
+    }
+    if super::netd::own_namespace(profile) {
+        dir(root, "data/misc", 1000, 9998, 0o1771);
+        dir(root, "data/misc/net", 0, AID_SHELL, 0o750);
+        std::fs::write(
+            root.join("data/misc/net/rt_tables"),
+            super::netd::rt_tables(),
+        )
+        .unwrap();
+        super::netd::install_host_ip(root, &root.join("system/bin/ip"));
+        chown(&root.join("system/bin/ip"), 0, 2000, 0o755);
+    }
 }

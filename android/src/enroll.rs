@@ -46,6 +46,8 @@ pub struct EnrollSpec<'a> {
     pub node_runtime: &'a Path,
     /// Go on despite failing preflight verdicts.
     pub force: bool,
+    /// Probe and plan, report the plan, change nothing.
+    pub dry_run: bool,
     /// How long to wait for the agent to be ready.
     pub wait: Duration,
     /// The cluster to ask whether the Node is Ready (`--kubeconfig`), when given.
@@ -99,6 +101,9 @@ pub struct EnrollSummary {
     pub seconds: f64,
     /// Doctor warnings (and failures overridden by --force).
     pub warnings: Vec<String>,
+    /// With `--dry-run`: what enroll would have done; nothing was changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<Vec<String>>,
     /// Wall time of each step in order, seconds (the profile `scripts/bench.d/phonectl.sh` prints).
     pub timings: Vec<(String, f64)>,
 }
@@ -239,6 +244,66 @@ pub struct Plan<'a> {
     pub unchanged: Vec<String>,
     /// Free bytes needed on /data for this plan.
     pub need_bytes: u64,
+}
+
+impl Plan<'_> {
+    /// What applying this plan would do to the phone, one line per action, in order — what
+    /// `phonectl enroll --dry-run` prints. File contents are never shown (one is the token).
+    pub fn actions(&self, wanted: &Wanted) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.node_runtime {
+            out.push(format!(
+                "push node-runtime (sha256 {}) to {}",
+                short(&wanted.node_runtime_sha256),
+                phone::BIN
+            ));
+        }
+        if let (true, Some(k)) = (self.k3s, &wanted.k3s) {
+            out.push(format!(
+                "bring k3s ({}, sha256 {}) from this machine to {}",
+                human_bytes(k.size),
+                short(&k.sha256),
+                k.dest
+            ));
+        }
+        if self.stop_first {
+            out.push("stop the running worker first".to_owned());
+        }
+        if self.rootfs {
+            out.push(format!(
+                "stream the rootfs ({}, sha256 {}) into {}, swapped in when complete",
+                human_bytes(wanted.rootfs_size),
+                short(&wanted.rootfs_sha256),
+                phone::ROOTFS
+            ));
+        }
+        for f in &self.writes {
+            out.push(format!(
+                "write {} ({}, mode {}, {} bytes)",
+                f.path,
+                f.label,
+                f.mode,
+                f.content.len()
+            ));
+        }
+        if self.clear_stopped_flag {
+            out.push(format!(
+                "remove {} (`phonectl stop`'s flag)",
+                phone::DISABLED
+            ));
+        }
+        if self.start {
+            out.push("start node-runtime and wait for the kubelet".to_owned());
+        }
+        if out.is_empty() {
+            out.push("nothing: the phone runs this configuration already".to_owned());
+        }
+        out
+    }
+}
+
+fn short(sha256: &str) -> &str {
+    sha256.get(..12).unwrap_or(sha256)
 }
 
 /// The marker file's content for a rootfs hash (what [`phone::ROOTFS_SHA`] holds).
@@ -475,6 +540,19 @@ pub fn enroll(
         ));
     }
     laps.lap("assess");
+    if spec.dry_run {
+        return Ok(EnrollSummary {
+            serial,
+            node: config.node.name.clone(),
+            changed: plan.changed.clone(),
+            unchanged: plan.unchanged.clone(),
+            bytes_sent: dev.bytes_sent() - sent0,
+            seconds: started.elapsed().as_secs_f64(),
+            warnings,
+            dry_run: Some(plan.actions(&wanted)),
+            timings: laps.laps,
+        });
+    }
 
     let status_after_start = apply(dev, spec, &wanted, &plan, progress, &mut laps)?;
     let waited = Instant::now();
@@ -503,6 +581,7 @@ pub fn enroll(
         bytes_sent: dev.bytes_sent() - sent0,
         seconds: started.elapsed().as_secs_f64(),
         warnings,
+        dry_run: None,
         timings: laps.laps,
     })
 }
@@ -870,6 +949,25 @@ mod tests {
         assert!(
             p.k3s && p.start && p.stop_first,
             "a new k3s restarts the agent"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_lists_the_plan_in_order_and_never_the_token() {
+        let w = wanted();
+        let fresh = plan(&w, &Installed::default()).actions(&w);
+        assert_eq!(fresh.len(), 6, "{fresh:#?}");
+        assert!(fresh[0].starts_with("push node-runtime (sha256 111111111111)"));
+        assert!(fresh[1].starts_with("stream the rootfs (100.0 MiB, sha256 222222222222)"));
+        assert!(fresh[3].contains("/data/armfleet/rootfs/etc/armfleet/token (token, mode 0600"));
+        assert_eq!(fresh[5], "start node-runtime and wait for the kubelet");
+        let token = std::str::from_utf8(TOKEN).unwrap();
+        assert!(fresh.iter().all(|a| !a.contains(token)), "{fresh:#?}");
+
+        let current = plan(&w, &enrolled(&w, AgentState::Running, true)).actions(&w);
+        assert_eq!(
+            current,
+            ["nothing: the phone runs this configuration already"]
         );
     }
 

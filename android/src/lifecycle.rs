@@ -245,6 +245,60 @@ pub fn stop(dev: &dyn Device) -> Result<(), PhoneError> {
     stop_worker(dev)
 }
 
+/// What `phonectl stop` would do, read from the phone without changing it (`--dry-run`).
+pub fn plan_stop(dev: &dyn Device) -> Result<Vec<String>, PhoneError> {
+    require_enrolled(dev)?;
+    let mut actions = Vec::new();
+    if remote_hashes(dev, &[phone::DISABLED])?.is_empty() {
+        actions.push(format!(
+            "write {} so the boot hook leaves the worker stopped after reboots",
+            phone::DISABLED
+        ));
+    }
+    match read_status(dev)?.filter(Status::live) {
+        Some(s) => actions.push(format!(
+            "stop node-runtime (pid {}) and its k3s agent ({}), unmount its chroot, give charging back",
+            s.pid,
+            s.agent_pid
+                .map_or_else(|| "not running".to_owned(), |p| format!("pid {p}"))
+        )),
+        None => actions.push("nothing to stop: node-runtime is not running".to_owned()),
+    }
+    Ok(actions)
+}
+
+/// What `phonectl unenroll` would remove, read from the phone without changing it
+/// (`--dry-run`): the worker stopped first when it runs, then each of armfleet's paths that
+/// exists, with its size.
+pub fn plan_unenroll(dev: &dyn Device) -> Result<Vec<String>, PhoneError> {
+    let mut actions = Vec::new();
+    if read_status(dev)?.is_some_and(|s| s.live()) {
+        actions.push("stop the worker".to_owned());
+    }
+    let paths = [phone::MODULE_DIR, phone::BASE, phone::STAGING_BIN];
+    let quoted: Vec<String> = paths.iter().map(|p| sh_quote(p)).collect();
+    // `du -sk` prints "KIB<tab>PATH" for each path that exists (and nothing for the others).
+    let out = dev.shell(&as_root(&format!(
+        "for p in {}; do [ -e \"$p\" ] && du -sk \"$p\"; done; true",
+        quoted.join(" ")
+    )))?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some((kib, path)) = line.split_once(char::is_whitespace)
+            && let Ok(kib) = kib.parse::<u64>()
+        {
+            actions.push(format!(
+                "remove {} ({})",
+                path.trim(),
+                bootstrap::progress::human_bytes(kib * 1024)
+            ));
+        }
+    }
+    if actions.is_empty() {
+        actions.push("nothing: armfleet is not on this phone".to_owned());
+    }
+    Ok(actions)
+}
+
 /// Undoes `stop`'s flag: the boot hook starts the worker again after a reboot.
 fn clear_stopped_flag(dev: &dyn Device) -> Result<(), PhoneError> {
     root_ok(

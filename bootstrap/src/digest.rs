@@ -124,6 +124,22 @@ impl FileLock {
             }
         }
     }
+
+    /// The lock on an existing `path` when no one holds it; None when someone does.
+    pub fn try_acquire(path: &Path) -> io::Result<Option<FileLock>> {
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        // SAFETY: flock on a descriptor we own; released when the file is closed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(Some(FileLock { _file: file }));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(None)
+        } else {
+            Err(err)
+        }
+    }
 }
 
 /// Fsyncs the directory holding `path`, so a rename into it survives a power cut.

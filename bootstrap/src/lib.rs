@@ -20,6 +20,7 @@
 
 pub mod board;
 pub mod cache;
+pub mod cache_inventory;
 pub mod digest;
 pub mod download;
 pub mod exit;

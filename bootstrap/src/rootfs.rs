@@ -125,6 +125,12 @@ pub enum RootfsError {
     /// The cache directory is unusable.
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),
+    /// No node-runtime to build a rootfs with, and no earlier build to fall back on.
+    #[error("no node rootfs in the cache and {why}; or pass --rootfs FILE.tar.gz")]
+    NothingToBuildFrom {
+        /// Why no node-runtime was found (the places tried).
+        why: String,
+    },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> RootfsError + '_ {
@@ -1061,6 +1067,74 @@ fn artifact_of(path: &Path, what: &'static str) -> Result<Artifact, RootfsError>
     })
 }
 
+/// The node rootfs the tools use when the user names none (`imagegen BOARD`, `phonectl enroll`,
+/// `imagegen rootfs`): built from `base` (default: a Debian arm64 base made with mmdebstrap from
+/// the host's apt mirror) and the static aarch64 node-runtime, in the user's cache, keyed by the
+/// hash of its inputs — minutes the first time, a hash check after, and safe when several tools
+/// ask at once (the build of one key holds its lock). With no node-runtime to be found (an
+/// installed tool without its companion), the newest complete build in the cache is used.
+pub fn default_node_rootfs(
+    base: Option<&Path>,
+    node_runtime: Option<&Path>,
+    progress: &dyn Progress,
+) -> Result<Built, RootfsError> {
+    let cache = crate::cache::cache_root()?;
+    let node_runtime = match crate::cache::find_node_runtime(node_runtime) {
+        Ok(p) => p,
+        Err(why) if base.is_none() => {
+            return newest_build(&cache).ok_or(RootfsError::NothingToBuildFrom { why });
+        }
+        Err(why) => return Err(RootfsError::NothingToBuildFrom { why }),
+    };
+    let request = BuildRequest {
+        base: match base {
+            Some(b) => Base::Tarball(b.to_owned()),
+            None => Base::Mmdebstrap(MmdebstrapSpec::default_for_host()),
+        },
+        overlay: OverlayInputs {
+            node_runtime,
+            k3s: None,
+            epoch: source_date_epoch(),
+        },
+        cache,
+        refresh_base: false,
+    };
+    build(&request, progress)
+}
+
+/// The most recently built or reused complete build under `<cache>/rootfs/` (its manifest read
+/// and its tarball the size the manifest says).
+pub fn newest_build(cache: &Path) -> Option<Built> {
+    let mut found: Vec<(std::time::SystemTime, Built)> = std::fs::read_dir(cache.join("rootfs"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let built = read_build(&e.path())?;
+            let when = std::fs::metadata(&built.manifest_path)
+                .ok()?
+                .modified()
+                .ok()?;
+            Some((when, built))
+        })
+        .collect();
+    found.sort_by_key(|entry| entry.0);
+    found.pop().map(|(_, b)| b)
+}
+
+/// The build in `dir` (`<cache>/rootfs/<key>/`) when it is complete.
+pub fn read_build(dir: &Path) -> Option<Built> {
+    let manifest_path = dir.join("manifest.json");
+    let manifest: Manifest =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).ok()?).ok()?;
+    let tarball = dir.join(&manifest.tarball.file);
+    (std::fs::metadata(&tarball).ok()?.len() == manifest.tarball.size).then_some(Built {
+        tarball,
+        manifest_path,
+        manifest,
+        cached: true,
+    })
+}
+
 /// Builds the node rootfs, or returns the cached one when every input is unchanged.
 pub fn build(req: &BuildRequest, progress: &dyn Progress) -> Result<Built, RootfsError> {
     let (base_path, base_art, base_origin) = resolve_base(
@@ -1097,6 +1171,11 @@ pub fn build(req: &BuildRequest, progress: &dyn Progress) -> Result<Built, Rootf
         && manifest.key == key
         && std::fs::metadata(&tarball).map(|m| m.len()).ok() == Some(manifest.tarball.size)
     {
+        // The manifest's mtime says when the build was last used: `newest_build` (what a
+        // command without a base finds) and `imagegen cache --prune` (what it keeps) go by it.
+        if let Ok(file) = std::fs::File::options().write(true).open(&manifest_path) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
         progress.event(Event::StepSkipped {
             step: "node rootfs".into(),
             reason: format!("unchanged inputs (cached as {})", tarball.display()),

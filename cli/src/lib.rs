@@ -5,15 +5,26 @@
 //! - [`out`]: stdout that treats a closed pipe (`phonectl devices | head -n1`) as success;
 //! - [`logging`]: `tracing` to stderr, filtered by `ARMFLEET_LOG`;
 //! - [`draw`] (feature `progress`): progress events drawn as bars on a terminal, as one line per
-//!   phase with its elapsed time otherwise, or not at all.
+//!   phase with its elapsed time otherwise, or not at all;
+//! - [`manual`] (feature `manual`): shell completions and man pages.
 #![deny(missing_docs)]
 
 #[cfg(feature = "progress")]
 pub mod draw;
 pub mod logging;
+#[cfg(feature = "manual")]
+pub mod manual;
 pub mod out;
 
 use bootstrap::exit::ExitClass;
+
+/// What `--version` prints for every tool: the release and the git revision it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("ARMFLEET_GIT_REV"),
+    ")"
+);
 use std::process::ExitCode;
 
 /// An error on its way out of a binary: its message (one line) and its exit class.

@@ -2,9 +2,31 @@
 //! program quietly with success: what it wanted it got. Rust's own `println!` would panic there.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Writes `text` to stdout; a closed pipe exits the process with status 0.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// `--quiet`: from now on [`print`] and [`println`] print nothing. JSON (asked for by `--json`)
+/// and errors still come out.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// Whether `--quiet` was given.
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// Writes `text` to stdout (nothing with `--quiet`); a closed pipe exits the process with
+/// status 0.
 pub fn print(text: &str) {
+    if quiet() {
+        return;
+    }
+    write_stdout(text);
+}
+
+fn write_stdout(text: &str) {
     let mut out = std::io::stdout().lock();
     let written = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     if let Err(e) = written {
@@ -25,7 +47,7 @@ pub fn println(text: &str) {
 /// Prints `value` as pretty JSON (what `--json` gives scripts).
 pub fn json<T: serde::Serialize + ?Sized>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(text) => println(&text),
+        Ok(text) => write_stdout(&format!("{text}\n")),
         Err(e) => {
             eprintln!("cannot render JSON: {e}");
             std::process::exit(i32::from(bootstrap::exit::ExitClass::Internal.code()));

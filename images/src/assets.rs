@@ -5,11 +5,17 @@
 //! of `.deb` files the user gives (offline builds, or other versions).
 
 use crate::error::{ImageError, io};
-use crate::util::{FileLock, run, sha256_file};
+use crate::util::run;
+use bootstrap::digest::FileLock;
 use bootstrap::progress::{Event, Progress};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+/// sha256 of a cached file, its read errors named by path.
+fn sha256_file(path: &Path) -> Result<String, ImageError> {
+    bootstrap::digest::sha256_file(path).map_err(io(path))
+}
 
 /// The Debian packages an image is made from (binary package name, architecture).
 pub const PACKAGES: &[(&str, &str)] = &[
@@ -91,13 +97,15 @@ impl AssetSource {
         let (debs, unpack_root) = match self {
             AssetSource::Apt { cache } => {
                 std::fs::create_dir_all(cache).map_err(io(cache))?;
-                let _lock = FileLock::acquire(&cache.join(".lock"))?;
+                let lock_path = cache.join(".lock");
+                let _lock = FileLock::acquire(&lock_path).map_err(io(&lock_path))?;
                 (fetch_apt(cache, progress)?, cache.join("unpacked"))
             }
             AssetSource::Dir(dir) => (debs_in_dir(dir)?, cache_root().join("boot-assets/unpacked")),
         };
         std::fs::create_dir_all(&unpack_root).map_err(io(&unpack_root))?;
-        let _lock = FileLock::acquire(&unpack_root.join(".lock"))?;
+        let lock_path = unpack_root.join(".lock");
+        let _lock = FileLock::acquire(&lock_path).map_err(io(&lock_path))?;
         let mut trees = BTreeMap::new();
         let mut packages = Vec::new();
         for (name, deb) in &debs {

@@ -199,7 +199,7 @@ impl Bmap {
             s.push_str("    </BlockMap>\n</bmap>\n");
             s
         };
-        let sum = crate::util::sha256_hex(body(&zeros).as_bytes());
+        let sum = bootstrap::digest::sha256_hex(body(&zeros).as_bytes());
         body(&sum)
     }
 
@@ -236,7 +236,7 @@ impl Bmap {
         }
         let file_sum = tag("BmapFileChecksum")?;
         let zeroed = xml.replacen(&file_sum, &"0".repeat(file_sum.len()), 1);
-        if crate::util::sha256_hex(zeroed.as_bytes()) != file_sum {
+        if bootstrap::digest::sha256_hex(zeroed.as_bytes()) != file_sum {
             return Err(bad(
                 "BmapFileChecksum does not match: the .bmap is damaged or was edited".into(),
             ));

@@ -553,7 +553,7 @@ fn bake_k3s(
         }
         tree.add_file(&bin, 0o755, &data)?;
         if let Some(pin) = &node.k3s.sha256 {
-            let actual = crate::util::sha256_hex(&data);
+            let actual = bootstrap::digest::sha256_hex(&data);
             if &actual != pin {
                 progress.event(Event::Note(format!(
                     "the k3s binary given ({}) has sha256 {actual}, but the topology pins {pin}: node-runtime replaces it with the pinned one on first boot",

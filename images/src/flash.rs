@@ -169,6 +169,33 @@ pub struct FlashReport {
     pub image_size: u64,
 }
 
+/// Reads the mapped ranges of `image` and checks them against `bmap` (size and every range's
+/// sha256), writing nothing: what a dry run can promise about the write.
+pub fn check_image_matches(image: &Path, bmap: &Bmap) -> Result<(), FlashError> {
+    let mut f = File::open(image).map_err(ioe(image))?;
+    let len = f.seek(SeekFrom::End(0)).map_err(ioe(image))?;
+    if len != bmap.image_size {
+        return Err(FlashError::ImageMismatch {
+            image: image.to_owned(),
+            message: format!("it is {len} bytes but its bmap says {}", bmap.image_size),
+        });
+    }
+    let mut buf = vec![0u8; 4 << 20];
+    for r in &bmap.ranges {
+        let (off, len) = r.span(bmap.block_size, bmap.image_size);
+        if hash_span(&mut f, off, len, &mut buf).map_err(ioe(image))? != r.sha256 {
+            return Err(FlashError::ImageMismatch {
+                image: image.to_owned(),
+                message: format!(
+                    "blocks {}-{} do not match the checksum in the bmap",
+                    r.first, r.last
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Copies the mapped ranges of `image` to `target` (checking each range against the bmap as it
 /// is read), calls `sync` (flush to the medium and drop cached pages), then reads every range
 /// back and compares its sha256. The first block (the partition table) is written last, so an
@@ -410,6 +437,98 @@ pub fn system_disks() -> Vec<PathBuf> {
     out.sort();
     out.dedup();
     out
+}
+
+/// A disk `imagegen flash` would accept: removable (an SD card reader, a USB stick) and not
+/// holding the running system.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Candidate {
+    /// `/dev/NAME`.
+    pub path: PathBuf,
+    /// Bytes.
+    pub size: u64,
+    /// Vendor and model from sysfs, when known.
+    pub model: String,
+    /// How it is attached: `usb`, `mmc` (a built-in card slot) or `removable`.
+    pub bus: String,
+    /// Where its partitions (or itself) are mounted: flash refuses it until they are unmounted.
+    pub mounted: Vec<String>,
+}
+
+/// The removable disks of this machine, as [`removable_disks_in`] finds them under `/sys/block`.
+pub fn removable_disks() -> Vec<Candidate> {
+    let mounts: Vec<(PathBuf, String)> = mounts().into_iter().map(|m| (m.sys, m.point)).collect();
+    removable_disks_in(Path::new("/sys/block"), &system_disks(), &mounts)
+}
+
+/// The disks under `sys_block` (a `/sys/block`) that are removable — the kernel says so, or they
+/// sit on USB, or they are a built-in MMC card slot — not empty, not virtual (loop, ram, zram,
+/// device-mapper, md, optical, network) and not one of `system` (sysfs paths, as
+/// [`system_disks`] gives them). `mounts` pairs a mounted device's sysfs path with its mount point.
+pub fn removable_disks_in(
+    sys_block: &Path,
+    system: &[PathBuf],
+    mounts: &[(PathBuf, String)],
+) -> Vec<Candidate> {
+    const VIRTUAL: &[&str] = &["loop", "ram", "zram", "dm-", "md", "sr", "nbd", "fd"];
+    let Ok(rd) = std::fs::read_dir(sys_block) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if VIRTUAL.iter().any(|v| name.starts_with(v)) {
+            continue;
+        }
+        let Ok(sys) = std::fs::canonicalize(e.path()) else {
+            continue;
+        };
+        if system.contains(&sys) {
+            continue;
+        }
+        let read = |rel: &str| {
+            std::fs::read_to_string(sys.join(rel))
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let on_usb = sys
+            .components()
+            .any(|c| c.as_os_str().to_str().is_some_and(|s| s.starts_with("usb")));
+        // mmcblkNbootM and mmcblkNrpmb are an eMMC's hardware partitions, never a card.
+        let mmc_slot =
+            name.starts_with("mmcblk") && !name.contains("boot") && !name.contains("rpmb");
+        let bus = if on_usb {
+            "usb"
+        } else if mmc_slot {
+            "mmc"
+        } else if read("removable") == "1" {
+            "removable"
+        } else {
+            continue;
+        };
+        let size = read("size").parse::<u64>().unwrap_or(0) * 512;
+        if size == 0 {
+            // A card reader with no card in it.
+            continue;
+        }
+        let model = format!("{} {}", read("device/vendor"), read("device/model"))
+            .trim()
+            .to_owned();
+        let mounted = mounts
+            .iter()
+            .filter(|(m, _)| *m == sys || m.parent() == Some(sys.as_path()))
+            .map(|(_, point)| point.clone())
+            .collect();
+        found.push(Candidate {
+            path: Path::new("/dev").join(&name),
+            size,
+            model,
+            bus: bus.to_owned(),
+            mounted,
+        });
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found
 }
 
 /// What the user asked to write to.
@@ -656,6 +775,68 @@ pub fn flash(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A /sys/block of symlinks into a /sys/devices tree, as the kernel lays it out.
+    fn fake_disk(root: &Path, bus_path: &str, name: &str, size_sectors: u64, removable: bool) {
+        let dev = root.join("devices").join(bus_path).join("block").join(name);
+        std::fs::create_dir_all(dev.join("device")).unwrap();
+        std::fs::write(dev.join("size"), format!("{size_sectors}\n")).unwrap();
+        std::fs::write(dev.join("removable"), if removable { "1\n" } else { "0\n" }).unwrap();
+        std::fs::write(dev.join("device/vendor"), "Generic \n").unwrap();
+        std::fs::write(dev.join("device/model"), "SD/MMC Reader\n").unwrap();
+        std::fs::create_dir_all(root.join("block")).unwrap();
+        std::os::unix::fs::symlink(&dev, root.join("block").join(name)).unwrap();
+    }
+
+    #[test]
+    fn only_removable_disks_off_the_system_are_offered() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        // The system disk (virtio), a second internal SATA disk, a USB card reader with a card,
+        // one without, an SD slot, an eMMC boot partition, and virtual devices.
+        fake_disk(root, "pci0000:00/virtio2", "vda", 500 << 21, false);
+        fake_disk(root, "pci0000:00/ata1/host0", "sda", 1 << 30, false);
+        fake_disk(
+            root,
+            "pci0000:00/usb1/1-2/1-2:1.0/host6",
+            "sdb",
+            62_333_952,
+            true,
+        );
+        fake_disk(root, "pci0000:00/usb1/1-3/1-3:1.0/host7", "sdc", 0, true);
+        fake_disk(
+            root,
+            "platform/fe340000.mmc/mmc_host/mmc0/mmc0:aaaa",
+            "mmcblk0",
+            31_116_288,
+            false,
+        );
+        fake_disk(
+            root,
+            "platform/emmc/mmc_host/mmc1/mmc1:0001",
+            "mmcblk1boot0",
+            8192,
+            false,
+        );
+        fake_disk(root, "virtual", "loop0", 4096, false);
+        fake_disk(root, "virtual", "zram0", 4096, false);
+        let sys = |p: &str| std::fs::canonicalize(root.join("block").join(p)).unwrap();
+        let system = vec![sys("vda")];
+        let mounts = vec![(sys("sdb").join("sdb1"), "/media/me/bootfs".to_owned())];
+        let found = removable_disks_in(&root.join("block"), &system, &mounts);
+        let names: Vec<_> = found.iter().map(|c| c.path.display().to_string()).collect();
+        assert_eq!(names, ["/dev/mmcblk0", "/dev/sdb"]);
+        let sdb = &found[1];
+        assert_eq!(sdb.bus, "usb");
+        assert_eq!(sdb.size, 62_333_952 * 512);
+        assert_eq!(sdb.model, "Generic SD/MMC Reader");
+        assert_eq!(sdb.mounted, ["/media/me/bootfs"]);
+        assert_eq!(found[0].bus, "mmc");
+        assert!(found[0].mounted.is_empty());
+        // A removable disk that holds the system is still never offered.
+        let usb_root = removable_disks_in(&root.join("block"), &[sys("sdb")], &[]);
+        assert!(usb_root.iter().all(|c| c.path != Path::new("/dev/sdb")));
+    }
     use std::io::Cursor;
 
     fn image_and_bmap(dir: &Path) -> (PathBuf, Bmap) {

@@ -6,54 +6,21 @@ use crate::host::{HostPlan, NetPlan, WifiPlan};
 use bootstrap::topology::{Address, Link, Topology};
 use std::path::{Path, PathBuf};
 
-/// The node rootfs for an image when none is given: built with `bootstrap::rootfs` from a
-/// Debian arm64 base (mmdebstrap, through the host's apt mirror) and the static aarch64
-/// node-runtime, cached by the hash of its inputs, so the second image costs a hash check. With no
-/// node-runtime to be found, the newest rootfs already in the cache is used.
+/// The node rootfs for an image when none is given: [`bootstrap::rootfs::default_node_rootfs`],
+/// the same cached build `phonectl enroll` uses.
 pub fn default_rootfs(
     node_runtime: Option<&Path>,
     progress: &dyn bootstrap::progress::Progress,
 ) -> Result<PathBuf, ImageError> {
-    use bootstrap::rootfs::{Base, BuildRequest, MmdebstrapSpec, OverlayInputs, source_date_epoch};
-    let cache = crate::assets::cache_root();
-    let node_runtime = match bootstrap::cache::find_node_runtime(node_runtime) {
-        Ok(p) => p,
-        Err(why) => {
-            return newest_cached_rootfs(&cache).ok_or_else(|| ImageError::Rootfs {
-                path: cache.join("rootfs"),
-                message: format!(
-                    "no node rootfs in the cache and {why}; or pass --rootfs FILE.tar.gz"
-                ),
-            });
-        }
-    };
-    let request = BuildRequest {
-        base: Base::Mmdebstrap(MmdebstrapSpec::default_for_host()),
-        overlay: OverlayInputs {
-            node_runtime,
-            k3s: None,
-            epoch: source_date_epoch(),
-        },
-        cache: cache.clone(),
-        refresh_base: false,
-    };
-    let built = bootstrap::rootfs::build(&request, progress).map_err(|e| ImageError::Rootfs {
-        path: cache.join("rootfs"),
-        message: format!("building the node rootfs failed: {e}"),
-    })?;
-    Ok(built.tarball)
-}
-
-/// The newest `<cache>/rootfs/<key>/rootfs.tar.gz`, if any.
-fn newest_cached_rootfs(cache: &Path) -> Option<PathBuf> {
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(cache.join("rootfs"))
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("rootfs.tar.gz"))
-        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .collect();
-    found.sort();
-    found.pop().map(|(_, p)| p)
+    bootstrap::rootfs::default_node_rootfs(None, node_runtime, progress)
+        .map(|built| built.tarball)
+        .map_err(|e| ImageError::Rootfs {
+            path: crate::assets::cache_root().join("rootfs"),
+            message: match e {
+                bootstrap::rootfs::RootfsError::NothingToBuildFrom { .. } => e.to_string(),
+                e => format!("building the node rootfs failed: {e}"),
+            },
+        })
 }
 
 /// A host's plan and the join token the topology's token source gives, if it gives one now.

@@ -1,9 +1,6 @@
-//! Small helpers: running tools, hashing, locking, atomic writes.
+//! Small helpers: running tools, atomic writes, sizes.
 
 use crate::error::{ImageError, io};
-use sha2::{Digest, Sha256};
-use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
 
@@ -58,26 +55,6 @@ pub(crate) fn run(cmd: &mut Command, tool: &str) -> Result<String, ImageError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// sha256 of a file, lowercase hex.
-pub(crate) fn sha256_file(path: &Path) -> Result<String, ImageError> {
-    let mut f = std::fs::File::open(path).map_err(io(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
-}
-
-/// sha256 of bytes, lowercase hex.
-pub fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
 /// Writes `path` through a temporary file in the same directory and a rename.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ImageError> {
     let tmp = path.with_extension("tmp");
@@ -85,19 +62,16 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), ImageError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// An exclusive `flock` held until dropped (serialises cache fills between processes).
-pub(crate) struct FileLock(#[allow(dead_code)] std::fs::File);
-
-impl FileLock {
-    pub(crate) fn acquire(path: &Path) -> Result<FileLock, ImageError> {
-        let file = std::fs::File::create(path).map_err(io(path))?;
-        // SAFETY: flock on a descriptor we own; released when the file is closed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(io(path)(std::io::Error::last_os_error()));
-        }
-        Ok(FileLock(file))
-    }
+/// Copies `from` to `to` through a temporary file beside `to` and a rename: `to` is either
+/// absent, as it was, or complete.
+pub fn copy_atomic(from: &Path, to: &Path) -> Result<(), ImageError> {
+    let name = to.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = to.with_file_name(format!(".{}.tmp", name.unwrap_or_default()));
+    std::fs::copy(from, &tmp).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, to).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(to)(e)
+    })
 }
 
 /// Parses `2G`, `1536M`, `1073741824` into bytes.

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     name = "node-runtime",
-    version = node_runtime::VERSION,
+    version = armfleet_cli::VERSION,
     after_help = "Examples:
   node-runtime run --detach --config /data/armfleet/node.toml   # phone boot hook
   node-runtime status --json
@@ -21,6 +21,10 @@ use std::process::ExitCode;
   node-runtime check-kernel --config-gz config.gz"
 )]
 struct Cli {
+    /// Only errors: no progress or result lines, and the log at `error` (unless ARMFLEET_LOG
+    /// says otherwise). JSON asked for with --json still comes out.
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -135,9 +139,14 @@ fn fail(class: ExitClass, e: impl std::fmt::Display) -> Failure {
 fn main() -> ExitCode {
     // Before any thread exists: signals are taken with sigtimedwait by the supervisor.
     node_runtime::supervisor::block_signals();
-    // The supervisor's lines are the worker's journal: shown from `info` on.
-    armfleet_cli::logging::init_with_default(tracing::level_filters::LevelFilter::INFO);
     let cli = Cli::parse();
+    // The supervisor's lines are the worker's journal: shown from `info` on.
+    armfleet_cli::logging::init_with_default(if cli.quiet {
+        tracing::level_filters::LevelFilter::ERROR
+    } else {
+        tracing::level_filters::LevelFilter::INFO
+    });
+    out::set_quiet(cli.quiet);
     finish("node-runtime", dispatch(cli.command).map(ExitCode::from))
 }
 

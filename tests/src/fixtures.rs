@@ -97,8 +97,9 @@ pub fn mini_node_rootfs_without_k3s() -> PathBuf {
         .tarball
 }
 
-/// The busybox base of the mini rootfs, built once.
-fn mini_base_tarball() -> PathBuf {
+/// The busybox base of the mini rootfs (an uncompressed tar), built once: what `--base` takes in
+/// tests that build a node rootfs through the tools themselves.
+pub fn mini_base_tarball() -> PathBuf {
     let dir = cache_dir("node-rootfs-mini");
     let base = dir.join("busybox-base.tar");
     let _lock = lock(&dir.join(".base-lock"));

@@ -2,8 +2,10 @@
 //! None of it is shipped; it exists so the real tools can be proven without hardware.
 
 pub mod debian;
+pub mod examples;
 pub mod fixtures;
 pub mod k3s_server;
+pub mod lab;
 pub mod qemu;
 pub mod standin;
 pub mod util;

@@ -107,3 +107,13 @@ pub fn skip_for_missing(what: &str) -> bool {
         "this test needs {what}, which this machine lacks: run the tests as root on a machine that has it (scripts/test.sh sets it up), or set ARMFLEET_ALLOW_SKIP=1 to skip such tests deliberately"
     );
 }
+
+/// A finished command's exit code, stdout and stderr, for an assertion's message.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

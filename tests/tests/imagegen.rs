@@ -93,10 +93,20 @@ fn build_env(board: &str, dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> P
         "bmap mode"
     );
     let stdout = String::from_utf8_lossy(&o.stdout);
-    let last = stdout.lines().last().unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    let [.., digest, next] = lines.as_slice() else {
+        panic!("no summary: {stdout}")
+    };
     assert!(
-        last.contains(&format!("sha256 {}", sha256(&out))),
-        "the final line names the image's sha256: {last}"
+        digest.contains(&format!("sha256 {}", sha256(&out))),
+        "the line before the last names the image's sha256: {stdout}"
+    );
+    assert!(
+        next.starts_with(&format!(
+            "next:     imagegen flash {} /dev/sdX",
+            out.display()
+        )),
+        "the last line is the next step: {stdout}"
     );
     out
 }
@@ -503,7 +513,7 @@ fn rpi4_image_structure_checked_by_independent_tools() {
         f.seek(SeekFrom::Start(off)).unwrap();
         let mut buf = vec![0; len as usize];
         f.read_exact(&mut buf).unwrap();
-        assert_eq!(imagegen::util::sha256_hex(&buf), r.sha256);
+        assert_eq!(bootstrap::digest::sha256_hex(&buf), r.sha256);
     }
     assert!(
         parsed.mapped_bytes() < parsed.image_size / 2,
@@ -1121,6 +1131,12 @@ fn flash_refuses_a_disk_holding_a_mounted_partition() {
         return;
     };
     let part = format!("{}p1", lp.dev);
+    // A kernel built without partition-table parsers (CONFIG_MSDOS_PARTITION unset, as on some
+    // CI VMs) makes no partitions on --partscan; partx reads the table itself and adds them
+    // through BLKPG, which gives the same kernel partition devices.
+    if !Path::new(&part).exists() {
+        let _ = Command::new("partx").arg("-a").arg(&lp.dev).status();
+    }
     for _ in 0..50 {
         if Path::new(&part).exists() {
             break;
@@ -1224,6 +1240,110 @@ fn flash_detects_a_damaged_image() {
     );
 }
 
+/// `--dry-run` runs every check a real flash runs (the target, the image against its bmap) and
+/// writes nothing, to a file or to a disk; a damaged image fails the dry run as it would fail
+/// the flash. It needs no `--yes`: it asks nothing.
+#[test]
+fn flash_dry_run_checks_everything_and_writes_nothing() {
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let image = synthetic_image(dir.path(), 32 << 20);
+    let img = image.to_str().unwrap();
+
+    let dry_run_into = |file: &Path| {
+        imagegen(&[
+            "flash",
+            img,
+            file.to_str().unwrap(),
+            "--to-file",
+            "--dry-run",
+        ])
+    };
+
+    let file = dir.path().join("card.img");
+    std::fs::write(&file, b"precious").unwrap();
+    let o = dry_run_into(&file);
+    assert!(o.status.success(), "{}", text(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains("dry run: would write") && said.contains("nothing written"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+    let absent = dir.path().join("new.img");
+    let o = dry_run_into(&absent);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!absent.exists(), "a dry run created its target");
+
+    if let Some(lp) = Loop::new(48 << 20, false) {
+        let mut dev = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&lp.dev)
+            .unwrap();
+        dev.write_all(&vec![0x5a; 1 << 20]).unwrap();
+        dev.sync_all().unwrap();
+        drop(dev);
+        let before = dev_sha(&lp.dev, 48 << 20);
+        let o = imagegen(&["flash", img, &lp.dev, "--dry-run"]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains(&lp.dev),
+            "the dry run names the disk: {}",
+            text(&o)
+        );
+        assert_eq!(
+            dev_sha(&lp.dev, 48 << 20),
+            before,
+            "the dry run wrote to the disk"
+        );
+    }
+
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
+    f.seek(SeekFrom::Start((17 << 20) + 100)).unwrap();
+    f.write_all(b"X").unwrap();
+    drop(f);
+    let o = dry_run_into(&file);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("do not match the checksum in the bmap"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"precious");
+}
+
+/// `imagegen flash IMG` names no target: it lists the removable disks (never the one the system
+/// runs from) and ends with a usage error, writing nothing. This machine has no card reader, so
+/// here the answer is the no-card line.
+#[test]
+fn flash_without_a_target_lists_cards_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = synthetic_image(dir.path(), 8 << 20);
+    let o = imagegen(&["flash", image.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let listed = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        err.contains("no removable disk found") || err.contains("no card given"),
+        "{err}"
+    );
+    let offered = imagegen::flash::removable_disks();
+    if offered.is_empty() {
+        assert!(err.contains("no removable disk found"), "{err}");
+        assert!(listed.is_empty(), "{listed}");
+    }
+    for system in imagegen::flash::system_disks() {
+        let name = system.file_name().unwrap().to_str().unwrap();
+        assert!(
+            !listed.contains(&format!("/dev/{name} ")),
+            "the system disk {name} was offered: {listed}"
+        );
+    }
+}
+
 // ---- user errors: message, exit code, nothing left under the output name ---------------------
 
 fn assert_fails_cleanly(o: &Output, code: i32, needle: &str, out_dir: &Path) {
@@ -1264,8 +1384,8 @@ fn secure_token_is_checked_against_the_server_ca() {
     let dir = tempfile::tempdir().unwrap();
     let (url, ca_pem) = armfleet_tests::k3s_server::k3s_cacerts_server();
     let rootfs = mini_node_rootfs();
-    let good = imagegen::util::sha256_hex(ca_pem.as_bytes());
-    let wrong = imagegen::util::sha256_hex(b"another cluster's CA");
+    let good = bootstrap::digest::sha256_hex(ca_pem.as_bytes());
+    let wrong = bootstrap::digest::sha256_hex(b"another cluster's CA");
     let out = dir.path().join("x.img");
     let run_with = |server: &str, hash: &str, sub: &str| {
         let d = dir.path().join(sub);

@@ -204,6 +204,38 @@ fn slow_imagegen_without_rootfs_builds_and_reuses_the_node_rootfs() {
     assert!(before.contains(&fixture.tarball.parent().unwrap().to_owned()));
     // No token at build time is not an error: the summary says where to drop it.
     assert!(said.contains("armfleet-token"), "{said}");
+    // Output going to a file (as under a CI log or `> build.log`) is plain lines: the cached
+    // rootfs said once, each step on a line of its own with its time, the next step last.
+    assert!(said.contains("node rootfs: unchanged inputs"), "{said}");
+    for step in [
+        "boot assets",
+        "root filesystem tree",
+        "initramfs",
+        "boot (FAT32) and root (ext4) partitions",
+        "bmap and checksum",
+    ] {
+        assert!(
+            said.lines()
+                .any(|l| l.starts_with(&format!("{step}: done ")) && l.ends_with(" s)")),
+            "no timed line for {step}: {said}"
+        );
+    }
+    assert!(
+        !said.contains('\r') && !said.contains('\x1b'),
+        "no bars or colours in a file"
+    );
+    let last = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .to_owned();
+    assert_eq!(
+        last,
+        format!(
+            "next:     imagegen flash {0} /dev/sdX   (`imagegen flash {0}` lists the cards)",
+            out.display()
+        )
+    );
     let inspect = Command::new(imagegen_bin())
         .arg("inspect")
         .arg(&out)

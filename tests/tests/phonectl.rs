@@ -133,14 +133,7 @@ stop_grace_secs = 3
     }
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use armfleet_tests::util::output_text as text;
 
 fn ok(o: &Output, phone: &VirtualPhone) -> String {
     assert!(o.status.success(), "{}\n{}", text(o), phone.logs());

@@ -7,8 +7,9 @@ pub const EXAMPLES: &str = "\
 Examples:
   phonectl devices                      # what is plugged in, and whether it is enrolled
   phonectl doctor                       # can this phone be a worker? (changes nothing)
-  phonectl enroll --name phone-1 --rootfs node-rootfs.tar.gz --token-file ~/.k3s-token
-  phonectl enroll --all --rootfs node-rootfs.tar.gz --token-env K3S_TOKEN
+  phonectl enroll --token-file ~/.k3s-token   # the phone's [[phone]] entry in the topology
+  phonectl enroll --name phone-1 --token-file ~/.k3s-token --dry-run
+  phonectl enroll --all --token-env K3S_TOKEN
   phonectl status --all
   phonectl logs -s 0123456789ABCDEF -f
   phonectl unenroll -s 0123456789ABCDEF
@@ -18,7 +19,7 @@ phonectl starts one with `adb start-server` when none runs. See PHONES.md.";
 
 /// Turn rooted Android phones plugged in over USB into k3s workers.
 #[derive(Parser)]
-#[command(name = "phonectl", version, after_help = EXAMPLES)]
+#[command(name = "phonectl", version = armfleet_cli::VERSION, after_help = EXAMPLES)]
 pub struct Cli {
     /// The adb server's port on 127.0.0.1.
     #[arg(
@@ -37,6 +38,9 @@ pub struct Cli {
         env = "ANDROID_SERIAL"
     )]
     pub serial: Option<String>,
+    /// No progress and no result lines: only errors (and JSON when --json asks for it).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Cmd,
 }
@@ -71,11 +75,15 @@ pub enum Cmd {
     },
     /// Make a phone a k3s worker (or bring an enrolled one up to date).
     #[command(after_help = "Examples:
-  phonectl enroll --rootfs node-rootfs.tar.gz --token-file ~/.k3s-token
-  phonectl enroll --all --topology lab.toml --rootfs node-rootfs.tar.gz --token-env K3S_TOKEN
+  phonectl enroll --token-file ~/.k3s-token
+  phonectl enroll --dry-run --token-file ~/.k3s-token     # what would be sent; nothing changes
+  phonectl enroll --all --topology lab.toml --token-env K3S_TOKEN
   phonectl enroll -s 0123456789ABCDEF --config node.toml --rootfs node-rootfs.tar.gz --token-file t
 
-Enroll is idempotent: each piece is compared by sha256 first and only what differs is sent.")]
+Without --rootfs, the node rootfs is built once (Debian arm64 with mmdebstrap, minutes) and then
+taken from the cache, the same one `imagegen` puts on Pi images (`imagegen rootfs -o FILE` makes
+the file on its own). Enroll is idempotent: each piece is compared by sha256 first and only what
+differs is sent.")]
     Enroll(Box<EnrollArgs>),
     /// Show the worker's state (node-runtime status).
     #[command(after_help = "Examples:\n  phonectl status\n  phonectl status --all --json")]
@@ -104,10 +112,15 @@ Enroll is idempotent: each piece is compared by sha256 first and only what diffe
         command: Vec<String>,
     },
     /// Stop the worker; it stays stopped across reboots until `start`.
-    #[command(after_help = "Example:\n  phonectl stop -s 0123456789ABCDEF")]
+    #[command(
+        after_help = "Examples:\n  phonectl stop -s 0123456789ABCDEF\n  phonectl stop --all --dry-run"
+    )]
     Stop {
         #[command(flatten)]
         targets: Targets,
+        /// Say what would be stopped and written; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Start the worker (and let the boot hook start it again after reboots).
     #[command(after_help = "Example:\n  phonectl start")]
@@ -126,10 +139,15 @@ Enroll is idempotent: each piece is compared by sha256 first and only what diffe
         ready: ReadyArgs,
     },
     /// Remove the worker: stop it, remove the boot hook, the rootfs, the data image, the token.
-    #[command(after_help = "Example:\n  phonectl unenroll -s 0123456789ABCDEF")]
+    #[command(
+        after_help = "Examples:\n  phonectl unenroll -s 0123456789ABCDEF --dry-run\n  phonectl unenroll -s 0123456789ABCDEF"
+    )]
     Unenroll {
         #[command(flatten)]
         targets: Targets,
+        /// List what would be stopped and removed (with sizes); change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print shell completions.
     #[command(
@@ -137,7 +155,7 @@ Enroll is idempotent: each piece is compared by sha256 first and only what diffe
     )]
     Completions {
         /// The shell.
-        shell: clap_complete::Shell,
+        shell: armfleet_cli::manual::Shell,
     },
     /// Write man pages (phonectl.1 and one per command) into a directory, or print phonectl.1.
     #[command(after_help = "Example:\n  phonectl man --dir /usr/local/share/man/man1")]
@@ -162,11 +180,12 @@ pub struct EnrollArgs {
     /// `SERIAL.toml` per phone (for --all).
     #[arg(long, value_name = "FILE|DIR", conflicts_with = "topology")]
     pub config: Option<PathBuf>,
-    /// The node rootfs tarball.
+    /// The node rootfs tarball (default: the cached node rootfs, built the first time).
     #[arg(long, value_name = "TAR.GZ", env = "ARMFLEET_ROOTFS")]
-    pub rootfs: PathBuf,
-    /// The static aarch64 node-runtime (else ARMFLEET_NODE_RUNTIME, else
-    /// `node-runtime-aarch64` next to phonectl, else ~/.cache/armfleet/node-runtime-aarch64).
+    pub rootfs: Option<PathBuf>,
+    /// The static aarch64 node-runtime (else ARMFLEET_NODE_RUNTIME, else `node-runtime-aarch64`
+    /// next to phonectl, where scripts/install.sh puts it, else this checkout's cross-build
+    /// output, else ~/.cache/armfleet/node-runtime-aarch64).
     #[arg(long, value_name = "PATH", env = "ARMFLEET_NODE_RUNTIME")]
     pub node_runtime: Option<PathBuf>,
     /// Read the k3s join token from this file.
@@ -178,6 +197,9 @@ pub struct EnrollArgs {
     /// Enroll even when the doctor finds a problem (root is still required).
     #[arg(long)]
     pub force: bool,
+    /// Inspect the phone and say what would be sent, written and started; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub ready: ReadyArgs,
     /// Print a JSON summary.

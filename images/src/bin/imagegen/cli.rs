@@ -9,10 +9,13 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(
     name = "imagegen",
-    version,
+    version = armfleet_cli::VERSION,
     override_usage = "imagegen BOARD [OPTIONS]\n       imagegen <COMMAND>"
 )]
 pub struct Cli {
+    /// No progress and no summary: only errors (and flash's question, unless --yes).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -31,7 +34,10 @@ Examples:
   imagegen rpi3a --host rpi3a-ctl -o ctl.img --token-file token
   imagegen boards
   imagegen inspect rpi4-2.img
-  imagegen flash rpi4-2.img /dev/sdb"
+  imagegen flash rpi4-2.img              # lists the cards it would write to
+  imagegen flash rpi4-2.img /dev/sdb
+  imagegen rootfs -o node-rootfs.tar.gz  # the node rootfs on its own (phones use it too)
+  imagegen cache --prune"
     )
 }
 
@@ -91,6 +97,9 @@ pub struct BuildArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+    /// No progress and no summary: only errors.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -120,14 +129,19 @@ pub enum Command {
         image: PathBuf,
     },
     /// Write an image to a card: only the mapped blocks of its .bmap, then verify them.
-    #[command(
-        after_help = "Examples:\n  imagegen flash rpi4-2.img /dev/sdb\n  imagegen flash rpi4-2.img /dev/mmcblk0 --yes\n  imagegen flash rpi4-2.img copy.img --to-file      # to a file"
-    )]
+    /// Without a card, list the removable disks it would accept.
+    #[command(after_help = "Examples:
+  imagegen flash rpi4-2.img                      # which cards are there?
+  imagegen flash rpi4-2.img /dev/sdb
+  imagegen flash rpi4-2.img /dev/sdb --dry-run   # check everything, write nothing
+  imagegen flash rpi4-2.img /dev/mmcblk0 --yes
+  imagegen flash rpi4-2.img copy.img --to-file   # to a file")]
     Flash {
         /// The image (its bmap is IMG.bmap).
         image: PathBuf,
-        /// The card (whole disk, e.g. /dev/sdb), or a file with --to-file.
-        device: PathBuf,
+        /// The card (whole disk, e.g. /dev/sdb), or a file with --to-file. Without it, the
+        /// removable disks are listed.
+        device: Option<PathBuf>,
         /// Do not ask before writing.
         #[arg(long)]
         yes: bool,
@@ -137,6 +151,60 @@ pub enum Command {
         /// The bmap (default: IMG.bmap).
         #[arg(long, value_name = "FILE")]
         bmap: Option<PathBuf>,
+        /// Check the image, the bmap and the card, say what would be written, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The node rootfs (Debian arm64, node-runtime, the k3s unit) on its own: built or taken
+    /// from the cache, the same one images and phones get.
+    #[command(after_help = "Examples:
+  imagegen rootfs                              # build or reuse it; prints where it is
+  imagegen rootfs -o node-rootfs.tar.gz        # and copy it here
+  imagegen rootfs --base debian-arm64.tar.gz   # from your own Debian arm64 base")]
+    Rootfs {
+        /// Copy the tarball to FILE as well.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// A Debian arm64 base tarball (.tar or .tar.gz) instead of an mmdebstrap build.
+        #[arg(long, value_name = "TAR")]
+        base: Option<PathBuf>,
+        /// The static aarch64 node-runtime (default: next to imagegen, the cross-build output
+        /// of this checkout, or the cache).
+        #[arg(long, value_name = "PATH", env = "ARMFLEET_NODE_RUNTIME")]
+        node_runtime: Option<PathBuf>,
+        /// JSON output (the manifest).
+        #[arg(long)]
+        json: bool,
+    },
+    /// What armfleet's cache holds (node rootfs builds, Debian bases, downloads, boot packages),
+    /// and sizes; --prune removes all but what the next build needs.
+    #[command(after_help = "Examples:
+  imagegen cache
+  imagegen cache --prune
+  imagegen cache --json")]
+    Cache {
+        /// Remove older rootfs builds, unused bases and leftovers of interrupted runs; keep the
+        /// newest rootfs, its base, the pinned downloads and the boot packages.
+        #[arg(long)]
+        prune: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print shell completions.
+    #[command(
+        after_help = "Example:\n  imagegen completions bash > /etc/bash_completion.d/imagegen"
+    )]
+    Completions {
+        /// The shell.
+        shell: armfleet_cli::manual::Shell,
+    },
+    /// Write man pages (imagegen.1 and one per command) into a directory, or print imagegen.1.
+    #[command(after_help = "Example:\n  imagegen man --dir /usr/local/share/man/man1")]
+    Man {
+        /// Where to write the pages; without it imagegen.1 goes to stdout.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// An image for BOARD (any name `imagegen boards` lists): `imagegen BOARD [options]`.
     #[command(external_subcommand)]

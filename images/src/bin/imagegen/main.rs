@@ -31,9 +31,10 @@ fn main() -> ExitCode {
         .after_help(cli::after_help(&names))
         .get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    out::set_quiet(cli.quiet);
     finish(
         "imagegen",
-        run(cli.command, boards).map(|()| ExitCode::SUCCESS),
+        run(cli.command, cli.quiet, boards).map(|()| ExitCode::SUCCESS),
     )
 }
 
@@ -48,26 +49,62 @@ fn init_logging() {
     );
 }
 
-fn run(command: Command, boards: Result<Registry, BoardError>) -> Result<(), Failure> {
+fn run(command: Command, quiet: bool, boards: Result<Registry, BoardError>) -> Result<(), Failure> {
     let boards = || boards.map_err(ImageError::from);
     match command {
-        Command::Build(args) => build(&boards()?, args),
+        Command::Build(args) => build(&boards()?, args, quiet),
         Command::Boards { json } => list_boards(&boards()?, json),
         Command::Inspect { image, json } => inspect(&image, json),
         Command::Bmap { image } => make_bmap(&image),
         Command::Flash {
             image,
-            device,
+            device: None,
+            ..
+        } => list_cards(&image),
+        Command::Flash {
+            image,
+            device: Some(device),
             yes,
             to_file,
             bmap,
-        } => flash(&image, &device, yes, to_file, bmap),
+            dry_run,
+        } => flash(
+            &image,
+            &device,
+            FlashHow {
+                yes,
+                to_file,
+                dry_run,
+                quiet,
+            },
+            bmap,
+        ),
+        Command::Rootfs {
+            output,
+            base,
+            node_runtime,
+            json,
+        } => rootfs(
+            output.as_deref(),
+            base.as_deref(),
+            node_runtime.as_deref(),
+            json,
+            quiet,
+        ),
+        Command::Cache { prune, json } => cache(prune, json, quiet),
+        Command::Completions { shell } => {
+            armfleet_cli::manual::print_completions(Cli::command(), "imagegen", shell);
+            Ok(())
+        }
+        Command::Man { dir } => {
+            armfleet_cli::manual::man_pages(Cli::command(), "imagegen", dir.as_deref())
+        }
     }
 }
 
 /// `imagegen BOARD [options]`: the board is looked up first, so an unknown name gets the list
 /// of known ones rather than an option error.
-fn build(boards: &Registry, args: Vec<String>) -> Result<(), Failure> {
+fn build(boards: &Registry, args: Vec<String>, quiet: bool) -> Result<(), Failure> {
     let name = args.first().cloned().unwrap_or_default();
     let board = boards.get(&name).map_err(ImageError::from)?.clone();
     let matches = BuildCli::command()
@@ -83,7 +120,9 @@ fn build(boards: &Registry, args: Vec<String>) -> Result<(), Failure> {
 
     let planned = imagegen::topology::plan_for(&board, a.host.as_deref(), a.topology.as_deref())?;
     let host = planned.plan;
-    let drawer = Drawer::new(Mode::detect(a.json));
+    let quiet = quiet || a.quiet;
+    out::set_quiet(quiet);
+    let drawer = Drawer::new(Mode::detect(a.json || quiet));
     let progress = drawer.sink(None);
     let size = a
         .size
@@ -129,7 +168,7 @@ fn build(boards: &Registry, args: Vec<String>) -> Result<(), Failure> {
     let s = built?;
     if a.json {
         out::json(&s);
-    } else {
+    } else if !quiet {
         out::print(&summary(&opts.host.name, &s, token_note));
     }
     Ok(())
@@ -176,7 +215,24 @@ fn summary(host: &str, s: &BuildSummary, token_note: Option<String>) -> String {
         s.size >> 20,
         s.mapped_bytes >> 20
     ));
+    let image = shell_word(&s.image.display().to_string());
+    out.push_str(&format!(
+        "next:     imagegen flash {image} /dev/sdX   (`imagegen flash {image}` lists the cards)\n"
+    ));
     out
+}
+
+/// `word` as one shell word, quoted only when it has to be (next-step lines are copied as is).
+fn shell_word(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c))
+    {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 fn read_token(p: &Path) -> Result<Vec<u8>, Failure> {
@@ -278,13 +334,55 @@ fn make_bmap(image: &Path) -> Result<(), Failure> {
     Ok(())
 }
 
-fn flash(
-    image: &Path,
-    device: &Path,
+/// How `imagegen flash` was asked to write.
+struct FlashHow {
     yes: bool,
     to_file: bool,
-    bmap: Option<PathBuf>,
-) -> Result<(), Failure> {
+    dry_run: bool,
+    quiet: bool,
+}
+
+/// `imagegen flash IMG` with no card: the removable disks it would accept, then an error line
+/// saying to pick one (nothing is written without a named target).
+fn list_cards(image: &Path) -> Result<(), Failure> {
+    let cards = imagegen::flash::removable_disks();
+    if cards.is_empty() {
+        return Err(Failure::usage(format!(
+            "no removable disk found (SD card readers, USB sticks): insert the card, then `imagegen flash {} /dev/sdX`; to write a file use `--to-file FILE`",
+            image.display()
+        )));
+    }
+    out::println(&format!(
+        "{:<16} {:>9}  {:<5} {:<28} MOUNTED",
+        "DISK", "SIZE", "BUS", "MODEL"
+    ));
+    for c in &cards {
+        out::println(&format!(
+            "{:<16} {:>9}  {:<5} {:<28} {}",
+            c.path.display(),
+            bootstrap::progress::human_bytes(c.size),
+            c.bus,
+            if c.model.is_empty() { "-" } else { &c.model },
+            if c.mounted.is_empty() {
+                "no".to_owned()
+            } else {
+                format!("{} (unmount first)", c.mounted.join(", "))
+            }
+        ));
+    }
+    Err(Failure::usage(format!(
+        "no card given: run `imagegen flash {} DISK` with one of the disks above",
+        image.display()
+    )))
+}
+
+fn flash(image: &Path, device: &Path, how: FlashHow, bmap: Option<PathBuf>) -> Result<(), Failure> {
+    let FlashHow {
+        yes,
+        to_file,
+        dry_run,
+        quiet,
+    } = how;
     let bmap_path = bmap.unwrap_or_else(|| PathBuf::from(format!("{}.bmap", image.display())));
     let xml = std::fs::read_to_string(&bmap_path).map_err(|e| {
         Failure::usage(format!(
@@ -303,8 +401,9 @@ fn flash(
         bmap: &bmap_path,
     };
     let target = imagegen::flash::preflight(device, kind, sources, map.image_size)?;
-    if !yes {
-        let what = if target.block_device {
+    imagegen::flash::check_image_matches(image, &map)?;
+    let what = {
+        if target.block_device {
             let model = if target.model.is_empty() {
                 &target.kernel_name
             } else {
@@ -317,7 +416,19 @@ fn flash(
             )
         } else {
             format!("the file {}", target.path.display())
-        };
+        }
+    };
+    if dry_run {
+        out::println(&format!(
+            "dry run: would write {} ({} bytes in {} ranges of {} bytes) to {what}, then read them back; nothing written",
+            image.display(),
+            map.mapped_bytes(),
+            map.ranges.len(),
+            map.image_size
+        ));
+        return Ok(());
+    }
+    if !yes {
         eprint!(
             "Write {} ({} MiB of data) to {what}? Everything on it is lost. [y/N] ",
             image.display(),
@@ -330,12 +441,15 @@ fn flash(
             return Err(FlashError::Cancelled.into());
         }
     }
-    let drawer = Drawer::new(Mode::detect(false));
+    let drawer = Drawer::new(Mode::detect(quiet));
     let progress = drawer.sink(None);
     let started = std::time::Instant::now();
     let flashed = imagegen::flash::flash(image, &map, &target, &progress);
     progress.finish(flashed.is_ok());
     let r = flashed?;
+    if quiet {
+        return Ok(());
+    }
     out::println(&format!(
         "flashed {} to {}: {} bytes written in {} ranges ({:.1} s), read back and verified",
         image.display(),
@@ -344,5 +458,126 @@ fn flash(
         r.ranges,
         started.elapsed().as_secs_f64()
     ));
+    Ok(())
+}
+
+/// `imagegen rootfs`: the node rootfs built or found in the cache, optionally copied out.
+fn rootfs(
+    output: Option<&Path>,
+    base: Option<&Path>,
+    node_runtime: Option<&Path>,
+    json: bool,
+    quiet: bool,
+) -> Result<(), Failure> {
+    let drawer = Drawer::new(Mode::detect(json || quiet));
+    let progress = drawer.sink(None);
+    let built = bootstrap::rootfs::default_node_rootfs(base, node_runtime, &progress);
+    progress.finish(built.is_ok());
+    let built = built.map_err(|e| match e {
+        bootstrap::rootfs::RootfsError::NothingToBuildFrom { .. }
+        | bootstrap::rootfs::RootfsError::BadBase { .. }
+        | bootstrap::rootfs::RootfsError::Input { .. } => Failure::usage(e),
+        e => Failure::new(ExitClass::Device, e),
+    })?;
+    let path = match output {
+        Some(out) => {
+            imagegen::util::copy_atomic(&built.tarball, out)?;
+            out.to_owned()
+        }
+        None => built.tarball.clone(),
+    };
+    if json {
+        #[derive(serde::Serialize)]
+        struct Rootfs<'a> {
+            tarball: &'a Path,
+            cached: bool,
+            manifest: &'a bootstrap::rootfs::Manifest,
+        }
+        out::json(&Rootfs {
+            tarball: &path,
+            cached: built.cached,
+            manifest: &built.manifest,
+        });
+    } else if !quiet {
+        out::println(&format!(
+            "rootfs:   {} ({})\nsha256:   {}\nsize:     {}\ninputs:   {}; node-runtime {}\nnext:     phonectl enroll   (or `imagegen BOARD` for a Pi; both reuse it)",
+            path.display(),
+            if built.cached {
+                "from the cache"
+            } else {
+                "built"
+            },
+            built.manifest.tarball.sha256,
+            bootstrap::progress::human_bytes(built.manifest.tarball.size),
+            built.manifest.inputs.base_origin,
+            &built.manifest.inputs.node_runtime.sha256[..12],
+        ));
+    }
+    Ok(())
+}
+
+/// `imagegen cache [--prune]`: what the cache holds and how big it is.
+fn cache(prune: bool, json: bool, quiet: bool) -> Result<(), Failure> {
+    let root = bootstrap::cache::cache_root().map_err(Failure::usage)?;
+    if prune {
+        let pruned = bootstrap::cache_inventory::prune(&root);
+        if json {
+            out::json(&pruned);
+        } else if !quiet {
+            for e in &pruned.removed {
+                out::println(&format!(
+                    "removed  {:>9}  {}  ({})",
+                    bootstrap::progress::human_bytes(e.bytes),
+                    e.path.display(),
+                    e.about
+                ));
+            }
+            for (p, why) in &pruned.skipped {
+                out::println(&format!("kept               {}  ({why})", p.display()));
+            }
+            out::println(&format!(
+                "freed {} in {}",
+                bootstrap::progress::human_bytes(pruned.freed_bytes),
+                root.display()
+            ));
+        }
+        return Ok(());
+    }
+    let entries = bootstrap::cache_inventory::inventory(&root);
+    if json {
+        out::json(&entries);
+        return Ok(());
+    }
+    if quiet {
+        return Ok(());
+    }
+    if entries.is_empty() {
+        out::println(&format!("{}: empty", root.display()));
+        return Ok(());
+    }
+    let total: u64 = entries.iter().map(|e| e.bytes).sum();
+    let freed: u64 = entries
+        .iter()
+        .filter(|e| !e.kept_by_prune)
+        .map(|e| e.bytes)
+        .sum();
+    out::println(&format!(
+        "{}: {} in {} entries ({} would go with --prune)",
+        root.display(),
+        bootstrap::progress::human_bytes(total),
+        entries.len(),
+        bootstrap::progress::human_bytes(freed)
+    ));
+    for e in &entries {
+        let name = e.path.strip_prefix(&root).unwrap_or(&e.path);
+        out::println(&format!(
+            "{:<11} {:>9}  {}{}  {}",
+            e.kind,
+            bootstrap::progress::human_bytes(e.bytes),
+            name.display(),
+            if e.kept_by_prune { "" } else { " *" },
+            e.about
+        ));
+    }
     Ok(())
 }

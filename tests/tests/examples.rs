@@ -151,6 +151,7 @@ fn every_phonectl_example_is_a_command_phonectl_accepts() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // The ones that need a phone run against the virtual one in first_five_minutes.rs.
     assert!(ran >= 1, "no phonectl example ran");
+    eprintln!("{checked} phonectl examples parsed, {ran} run");
     // The help texts and PHONES.md show dozens; finding few means the extraction broke.
     assert!(checked >= 30, "only {checked} phonectl examples found");
 }
@@ -165,6 +166,7 @@ fn every_imagegen_example_is_a_command_imagegen_accepts() {
     let (checked, ran, wrong) = check::<imagegen_cli::Cli>("imagegen", &generated);
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert!(ran >= 4, "only {ran} imagegen examples ran");
+    eprintln!("{checked} imagegen examples parsed, {ran} run");
     assert!(checked >= 20, "only {checked} imagegen examples found");
 }
 

@@ -217,3 +217,55 @@ fn rootfs_errors_are_one_line_and_leave_no_output() {
     );
     assert!(builds(&cache).is_empty());
 }
+
+/// Two tools building the same node rootfs at once (a `phonectl enroll` and an `imagegen rpi4`
+/// started together share this path): one builds, the other waits on the build directory's lock
+/// and finds the result; one build directory, one tarball, both answers the same.
+#[test]
+fn two_builds_at_once_make_one_rootfs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let base = mini_base_tarball();
+    let runtime = aarch64_bin("node-runtime");
+    let start = || {
+        Command::new(host_bin("imagegen", "imagegen"))
+            .args(["rootfs", "--json", "--base"])
+            .arg(&base)
+            .arg("--node-runtime")
+            .arg(&runtime)
+            .env("ARMFLEET_CACHE_DIR", &cache)
+            .env("SOURCE_DATE_EPOCH", FIXTURE_EPOCH.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (start(), start());
+    let answers: Vec<serde_json::Value> = [first, second]
+        .into_iter()
+        .map(|child| {
+            let o = child.wait_with_output().unwrap();
+            assert!(o.status.success(), "{}", text(&o));
+            serde_json::from_slice(&o.stdout).unwrap()
+        })
+        .collect();
+    assert_eq!(builds(&cache).len(), 1);
+    assert_eq!(answers[0]["tarball"], answers[1]["tarball"]);
+    assert_eq!(
+        answers[0]["manifest"]["tarball"]["sha256"],
+        answers[1]["manifest"]["tarball"]["sha256"]
+    );
+    let cached: Vec<bool> = answers
+        .iter()
+        .map(|a| a["cached"].as_bool().unwrap())
+        .collect();
+    assert!(cached.contains(&false), "one of them built it: {cached:?}");
+    let bytes = std::fs::read(answers[0]["tarball"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        bootstrap::digest::sha256_hex(&bytes),
+        answers[0]["manifest"]["tarball"]["sha256"]
+            .as_str()
+            .unwrap(),
+        "the tarball on disk is whole"
+    );
+}

@@ -745,6 +745,38 @@ fn bad_configs_and_tokens_give_one_line_and_exit_2() {
     assert_eq!(pidfile, "", "the pidfile still names a supervisor");
 }
 
+/// `unpack` with no stdin at all (fd 0 closed, as a careless service unit or `<&-` leaves it):
+/// one line and an exit code, never a panic, and no tree made.
+#[test]
+fn unpack_with_stdin_closed_fails_with_one_line() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("rootfs");
+    let mut cmd = Command::new(aarch64_bin("node-runtime"));
+    cmd.args(["unpack", "--bytes", "4096", "--dest"])
+        .arg(&dest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: close(2) only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::close(0);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        matches!(out.status.code(), Some(2) | Some(3)),
+        "exit {:?}: {err}",
+        out.status.code()
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.starts_with("node-runtime: "), "{err}");
+    assert!(!dest.exists(), "a tree was made from no input");
+}
+
 // ---------------------------------------------------------------- power policy
 
 #[test]

@@ -21,8 +21,19 @@ fn node_runtime_is_static_aarch64_and_runs_through_binfmt() {
         .output()
         .expect("run node-runtime");
     assert!(out.status.success(), "{out:?}");
+    // The version names the commit the binary was built from, as the host tools' do.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(armfleet_tests::util::workspace_root())
+        .output()
+        .expect("run git");
+    assert!(head.status.success(), "{head:?}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        format!("node-runtime {}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "node-runtime {} (git {})",
+            env!("CARGO_PKG_VERSION"),
+            String::from_utf8_lossy(&head.stdout).trim()
+        )
     );
 }

@@ -131,9 +131,9 @@ pub fn prune(cache: &Path) -> Pruned {
         if e.kept_by_prune {
             continue;
         }
-        // A build in progress holds `<dir>/.lock`: leave its directory alone.
-        let lock = e.path.join(".lock");
-        let _held = if e.path.is_dir() && lock.exists() {
+        // A build or download in progress holds the lock of what it writes: leave that alone.
+        let lock = lock_of(&e.path);
+        let _held = if lock.exists() {
             match FileLock::try_acquire(&lock) {
                 Ok(Some(l)) => Some(l),
                 Ok(None) => {
@@ -164,6 +164,27 @@ pub fn prune(cache: &Path) -> Pruned {
         }
     }
     pruned
+}
+
+/// The lock a writer of `path` holds: `<dir>/.lock` of a build directory; for a file being
+/// written, the lock of what it becomes (`.NAME.lock` of a download's `NAME.part`, the base
+/// directory's `.unpack.lock` for a base being decompressed).
+fn lock_of(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        return path.join(".lock");
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.starts_with("unpacked-") {
+        return path.with_file_name(".unpack.lock");
+    }
+    let target = name
+        .strip_suffix(".part")
+        .or_else(|| name.strip_suffix(".tmp"))
+        .unwrap_or(&name);
+    crate::download::lock_path(&path.with_file_name(target))
 }
 
 fn describe_rootfs(m: &crate::rootfs::Manifest) -> String {
@@ -281,6 +302,26 @@ mod tests {
         assert!(pruned.removed.is_empty());
         assert_eq!(pruned.skipped.len(), 1, "{pruned:?}");
         assert!(dir.join("rootfs.tar.gz.tmp").exists());
+    }
+
+    #[test]
+    fn a_file_being_written_is_skipped_while_its_writer_holds_the_lock() {
+        let cache = tempfile::tempdir().unwrap();
+        let part = cache.path().join("downloads/c920abcd-k3s-arm64.part");
+        write(&part, &[1; 100]);
+        let unpacking = cache.path().join("base/unpacked-0123456789abcdef.tar.tmp");
+        write(&unpacking, &[2; 100]);
+        let downloading =
+            FileLock::acquire(&cache.path().join("downloads/.c920abcd-k3s-arm64.lock")).unwrap();
+        let decompressing = FileLock::acquire(&cache.path().join("base/.unpack.lock")).unwrap();
+        let pruned = prune(cache.path());
+        assert!(pruned.removed.is_empty(), "{pruned:?}");
+        assert_eq!(pruned.skipped.len(), 2, "{pruned:?}");
+        assert!(part.exists() && unpacking.exists());
+        drop((downloading, decompressing));
+        let pruned = prune(cache.path());
+        assert_eq!(pruned.removed.len(), 2, "{pruned:?}");
+        assert!(!part.exists() && !unpacking.exists());
     }
 
     #[test]

@@ -149,7 +149,8 @@ pub fn part_path(dest: &Path) -> PathBuf {
     dest.with_file_name(name)
 }
 
-fn lock_path(dest: &Path) -> PathBuf {
+/// `.DEST.lock`: held by whoever fills `DEST` (its `.part` included).
+pub(crate) fn lock_path(dest: &Path) -> PathBuf {
     let mut name = std::ffi::OsString::from(".");
     name.push(dest.file_name().unwrap_or_default());
     name.push(".lock");

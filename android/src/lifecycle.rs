@@ -277,9 +277,10 @@ pub fn plan_unenroll(dev: &dyn Device) -> Result<Vec<String>, PhoneError> {
     }
     let paths = [phone::MODULE_DIR, phone::BASE, phone::STAGING_BIN];
     let quoted: Vec<String> = paths.iter().map(|p| sh_quote(p)).collect();
-    // `du -sk` prints "KIB<tab>PATH" for each path that exists (and nothing for the others).
+    // `du -skx` prints "KIB<tab>PATH" for each path that exists (and nothing for the others);
+    // -x keeps it off what a running worker has mounted in its chroot (/proc, /sys, /dev).
     let out = dev.shell(&as_root(&format!(
-        "for p in {}; do [ -e \"$p\" ] && du -sk \"$p\"; done; true",
+        "for p in {}; do [ -e \"$p\" ] && du -skx \"$p\"; done; true",
         quoted.join(" ")
     )))?;
     for line in String::from_utf8_lossy(&out.stdout).lines() {

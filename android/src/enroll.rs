@@ -540,37 +540,27 @@ pub fn enroll(
         ));
     }
     laps.lap("assess");
-    if spec.dry_run {
-        return Ok(EnrollSummary {
-            serial,
-            node: config.node.name.clone(),
-            changed: plan.changed.clone(),
-            unchanged: plan.unchanged.clone(),
-            bytes_sent: dev.bytes_sent() - sent0,
-            seconds: started.elapsed().as_secs_f64(),
-            warnings,
-            dry_run: Some(plan.actions(&wanted)),
-            timings: laps.laps,
-        });
-    }
-
-    let status_after_start = apply(dev, spec, &wanted, &plan, progress, &mut laps)?;
-    let waited = Instant::now();
-    progress.step("wait", None);
-    if !status_after_start.as_ref().is_some_and(Status::ready) {
-        wait_running(dev, spec.wait)?;
-    }
-    progress.done("wait", "agent ready (kubelet healthy)".into());
-    laps.lap("wait ready");
-    if let Some(cluster) = spec.cluster {
-        progress.step("node ready", None);
-        let left = spec.wait.saturating_sub(waited.elapsed());
-        crate::lifecycle::wait_node_ready(dev, cluster, &config.node.name, left)?;
-        progress.done(
-            "node ready",
-            format!("{} Ready at {}", config.node.name, cluster.server()),
-        );
-        laps.lap("node ready");
+    // A dry run stops here: the plan, as words, is its result.
+    let dry_run = spec.dry_run.then(|| plan.actions(&wanted));
+    if dry_run.is_none() {
+        let status_after_start = apply(dev, spec, &wanted, &plan, progress, &mut laps)?;
+        let waited = Instant::now();
+        progress.step("wait", None);
+        if !status_after_start.as_ref().is_some_and(Status::ready) {
+            wait_running(dev, spec.wait)?;
+        }
+        progress.done("wait", "agent ready (kubelet healthy)".into());
+        laps.lap("wait ready");
+        if let Some(cluster) = spec.cluster {
+            progress.step("node ready", None);
+            let left = spec.wait.saturating_sub(waited.elapsed());
+            crate::lifecycle::wait_node_ready(dev, cluster, &config.node.name, left)?;
+            progress.done(
+                "node ready",
+                format!("{} Ready at {}", config.node.name, cluster.server()),
+            );
+            laps.lap("node ready");
+        }
     }
 
     Ok(EnrollSummary {
@@ -581,7 +571,7 @@ pub fn enroll(
         bytes_sent: dev.bytes_sent() - sent0,
         seconds: started.elapsed().as_secs_f64(),
         warnings,
-        dry_run: None,
+        dry_run,
         timings: laps.laps,
     })
 }

@@ -97,6 +97,8 @@ install_pkgs "qemu-user-static, binfmt-support" qemu-user-static binfmt-support
 install_pkgs "aarch64 cross compiler" gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 install_pkgs "filesystem tools (+ kmod: depmod for image modules)" e2fsprogs dosfstools mtools fdisk file util-linux kmod
 install_pkgs "mmdebstrap (+ arch-test for foreign arches)" mmdebstrap arch-test
+# The router's generated files are checked by the tools that will read them on the router.
+install_pkgs "nftables, dnsmasq-base (check the router's ruleset and dnsmasq.conf)" nftables dnsmasq-base
 # imagegen writes the ext4 root with `mke2fs -d ROOTFS.tar`: e2fsprogs >= 1.47.1 (bookworm has
 # 1.47.0; backports has 1.47.2), which reads tar through libarchive, loaded at run time.
 install_pkgs "libarchive13 (mke2fs reads tar through it)" libarchive13

@@ -64,3 +64,19 @@ pub mod phone {
     /// The k3s binary brought from the laptop waits here until node-runtime installs it.
     pub const STAGING_K3S: &str = "/data/local/tmp/armfleet-k3s";
 }
+
+/// The router's own files (the server host with `[router]`), in its root filesystem.
+pub mod router {
+    /// The artifact mirror's files (the pinned k3s under its upstream file name).
+    pub const MIRROR_DIR: &str = "/var/lib/armfleet/mirror";
+    /// dnsmasq's configuration (DHCP and DNS on every VLAN).
+    pub const DNSMASQ_CONF: &str = "/etc/armfleet/dnsmasq.conf";
+    /// The nftables ruleset Debian's nftables.service loads at boot.
+    pub const NFTABLES_CONF: &str = "/etc/nftables.conf";
+    /// What the router was made from, for `imagegen inspect` (VLANs, leases, policy, mirror).
+    pub const ROUTER_JSON: &str = "/etc/armfleet/router.json";
+    /// k3s' CA directory: certificates and keys placed here before the first start are used
+    /// instead of generated ones (k3s' custom CA support), so the join token's hash is known
+    /// before the server ever runs.
+    pub const K3S_TLS_DIR: &str = "/var/lib/rancher/k3s/server/tls";
+}

@@ -123,6 +123,27 @@ pub struct K3s {
     /// Further agent arguments, appended as given (must not carry the token).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_args: Vec<String>,
+    /// `k3s agent` (every worker) or `k3s server` (the lab's router).
+    #[serde(default, skip_serializing_if = "K3sRole::is_agent")]
+    pub role: K3sRole,
+}
+
+/// Which k3s a node runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum K3sRole {
+    /// `k3s agent`: joins `server.url`.
+    #[default]
+    Agent,
+    /// `k3s server`: is the server at `server.url`.
+    Server,
+}
+
+impl K3sRole {
+    /// True for the agent (the default, left out of node.toml).
+    pub fn is_agent(&self) -> bool {
+        *self == K3sRole::Agent
+    }
 }
 
 /// An ext4 filesystem image holding the k3s data dir.
@@ -339,6 +360,7 @@ impl Default for K3s {
             snapshotter: None,
             kubelet_args: Vec::new(),
             extra_args: Vec::new(),
+            role: K3sRole::Agent,
         }
     }
 }

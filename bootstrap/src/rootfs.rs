@@ -42,6 +42,11 @@ pub const BASE_PACKAGES: &[&str] = &[
     "wpasupplicant",
     "e2fsprogs",
     "procps",
+    // The router (`role = "server"`) is made from this same rootfs: DHCP/DNS per VLAN and the
+    // zero-trust rules between them. Neither starts on a worker: dnsmasq-base ships no unit and
+    // Debian does not enable nftables.service.
+    "dnsmasq-base",
+    "nftables",
 ];
 
 /// dpkg path filters for the base (`--dpkgopt`, kept in the rootfs's dpkg.cfg.d so later

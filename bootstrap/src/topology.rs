@@ -8,8 +8,8 @@
 
 use crate::layout;
 use crate::node_config::{
-    Chroot, DataImage, K3s, Logs, Network, Node, NodeConfig, NodeKind, Power, Server, Supervise,
-    is_dns_label, is_sha256_hex,
+    Chroot, DataImage, K3s, K3sRole, Logs, Network, Node, NodeConfig, NodeKind, Power, Server,
+    Supervise, is_dns_label, is_sha256_hex,
 };
 use crate::token::SecretSource;
 use serde::Deserialize;
@@ -19,6 +19,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use toml::Spanned;
+
+pub mod router;
+pub use router::Router;
 
 /// The embedded default topology (text).
 pub const DEFAULT_TOPOLOGY: &str = include_str!("../topology/default.toml");
@@ -85,16 +88,6 @@ pub enum TopologyError {
         name: String,
         /// The names there are.
         known: String,
-    },
-    /// The host is the k3s server, not a worker.
-    #[error(
-        "{origin}: host {name:?} is the k3s server (role = \"server\"); armfleet makes workers: pick an agent host"
-    )]
-    NotAWorker {
-        /// The file.
-        origin: String,
-        /// The host.
-        name: String,
     },
     /// A phone name that is not a valid node name.
     #[error(
@@ -386,6 +379,8 @@ pub struct Topology {
     pub vlans: Vec<Vlan>,
     hosts: Vec<Host>,
     phones: Vec<Phone>,
+    /// The router between the VLANs (`[router]`), when the lab has one.
+    pub router: Option<Router>,
 }
 
 // ---- raw (spanned) form ----
@@ -400,6 +395,8 @@ struct RawTopology {
     host: Vec<RawHost>,
     #[serde(default)]
     phone: Vec<RawPhone>,
+    #[serde(default)]
+    router: Option<Spanned<router::RawRouter>>,
 }
 
 #[derive(Deserialize)]
@@ -1128,16 +1125,20 @@ impl Topology {
         let cluster = validate_cluster(&v, &raw.cluster)?;
         let hosts = v.hosts(&raw.host)?;
         let phones = v.phones(&raw.phone, &cluster.phone_vlan)?;
-        let topology = Topology {
+        let mut topology = Topology {
             origin: origin.to_owned(),
             base_dir: base_dir.to_owned(),
             cluster,
             vlans,
             hosts,
             phones,
+            router: None,
         };
+        if let Some(raw_router) = &raw.router {
+            topology.router = Some(router::validate(&ctx, raw_router, &topology)?);
+        }
         // Every entry must make a valid node.toml; say so now rather than at enroll time.
-        for h in topology.hosts.iter().filter(|h| h.role == Role::Agent) {
+        for h in &topology.hosts {
             NodeConfig::for_host(&topology, &h.name)?;
         }
         for p in &topology.phones {
@@ -1243,7 +1244,8 @@ fn vlan_label(v: &Vlan) -> String {
 }
 
 impl NodeConfig {
-    /// The `node.toml` of the Pi `name` (an agent host of the topology).
+    /// The `node.toml` of the Pi `name`: an agent, or the server (`k3s server` under the same
+    /// node-runtime).
     pub fn for_host(topology: &Topology, name: &str) -> Result<NodeConfig, TopologyError> {
         let host = topology
             .host(name)
@@ -1257,12 +1259,6 @@ impl NodeConfig {
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
-        if host.role == Role::Server {
-            return Err(TopologyError::NotAWorker {
-                origin: topology.origin.clone(),
-                name: name.to_owned(),
-            });
-        }
         let vlan = topology.vlan(&host.vlan).expect("validated VLAN");
         let mut labels = BTreeMap::from([
             ("armfleet.io/kind".to_string(), "pi".to_string()),
@@ -1288,7 +1284,13 @@ impl NodeConfig {
                 token_file: layout::worker::TOKEN_FILE.into(),
                 token_drop: Some(layout::pi::TOKEN_DROP.into()),
             },
-            k3s: topology.k3s_section(&host.args),
+            k3s: K3s {
+                role: match host.role {
+                    Role::Server => K3sRole::Server,
+                    Role::Agent => K3sRole::Agent,
+                },
+                ..topology.k3s_section(&host.args)
+            },
             network: Network {
                 iface: Some(host.iface(vlan.id)),
                 node_ip: match host.address {
@@ -1539,10 +1541,16 @@ mod tests {
     #[test]
     fn the_mirror_comes_first_and_upstream_stays_the_fallback() {
         let text = DEFAULT_TOPOLOGY.replace(
-            "phone_vlan = \"INFRA\"",
-            "phone_vlan = \"INFRA\"\nmirror = \"http://10.10.10.1:8080/armfleet/\"",
+            "mirror = \"http://rpi4-1.lab.home.arpa:8080\"",
+            "mirror = \"http://10.10.10.1:8080/armfleet/\"",
         );
         let t = Topology::from_toml_str(&text, "t", Path::new(".")).unwrap();
+        // The router serves it, on the VLAN of that gateway address, under that path.
+        let m = t.router.as_ref().unwrap().mirror.as_ref().unwrap();
+        assert_eq!(
+            (m.vlan.as_str(), m.port, m.prefix.as_str()),
+            ("INFRA", 8080, "/armfleet/")
+        );
         let urls = t.k3s_fetch_urls();
         assert_eq!(urls[0], "http://10.10.10.1:8080/armfleet/k3s-arm64");
         assert!(

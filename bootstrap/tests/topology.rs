@@ -3,9 +3,7 @@
 
 use bootstrap::NodeConfig;
 use bootstrap::node_config::NodeKind;
-use bootstrap::topology::{
-    Address, DEFAULT_TOPOLOGY, Link, PHONE_TAINT, Role, Topology, TopologyError,
-};
+use bootstrap::topology::{Address, DEFAULT_TOPOLOGY, Link, PHONE_TAINT, Role, Topology};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -64,8 +62,10 @@ fn pi_node_config_from_the_topology() {
     assert_eq!(wifi.network.iface.as_deref(), Some("wlan0"));
     assert_eq!(wifi.labels["armfleet.io/link"], "wifi");
 
-    let err = NodeConfig::for_host(&t, "rpi4-1").unwrap_err();
-    assert!(matches!(err, TopologyError::NotAWorker { .. }), "{err}");
+    let server = NodeConfig::for_host(&t, "rpi4-1").unwrap();
+    assert_eq!(server.k3s.role, bootstrap::node_config::K3sRole::Server);
+    assert_eq!(server.network.iface.as_deref(), Some("eth0.10"));
+    assert!(server.to_toml_string().contains("role = \"server\""));
     let err = NodeConfig::for_host(&t, "rpi9").unwrap_err().to_string();
     assert!(err.contains("rpi9") && err.contains("rpi4-2"), "{err}");
 }

@@ -41,6 +41,8 @@ pub struct BuildOptions {
     pub epoch: u64,
     /// Scratch directory for the depmod run (defaults to the system temp dir).
     pub tmp_dir: Option<PathBuf>,
+    /// The k3s server's CA directory (k3s' custom CA layout), for the server's image.
+    pub server_ca: Option<PathBuf>,
 }
 
 /// How the k3s binary gets onto the node.
@@ -118,7 +120,19 @@ pub fn build(opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildSummar
     let out_dir = preflight(opts)?;
     crate::ext4::check_mke2fs()?;
     let mut notes = Vec::new();
-    if let Some(token) = opts.token.as_deref().filter(|_| opts.check_ca) {
+    let is_server = host.node.k3s.role == bootstrap::node_config::K3sRole::Server;
+    if is_server && opts.k3s.is_none() && host.node.k3s.sha256.is_none() {
+        return Err(ImageError::HostConfig {
+            host: host.name.clone(),
+            message: "the server's image carries the pinned k3s (it is also the workers' mirror): set cluster.k3s.sha256 and url in the topology, or pass --k3s FILE".into(),
+        });
+    }
+    // The server's own CA cannot be asked of a server that does not run yet.
+    if let Some(token) = opts
+        .token
+        .as_deref()
+        .filter(|_| opts.check_ca && !is_server)
+    {
         progress.step("join token CA check", None);
         let note = check_token_ca(&host.node.server.url, token)?;
         progress.done("join token CA check", note.clone());
@@ -237,10 +251,48 @@ fn root_tree(
         node: plan::node_config(&opts.host.node),
         ..opts.host.clone()
     };
-    let k3s = bake_k3s(opts, &mut tree, &host.node, progress)?;
+    let mut host = host;
+    let (k3s, k3s_data) = bake_k3s(opts, &mut tree, &host.node, progress)?;
+    let mut router_notes = Vec::new();
+    if let Some(router) = host.router.as_mut() {
+        let Some(data) = k3s_data else {
+            return Err(ImageError::HostConfig {
+                host: host.name.clone(),
+                message: format!(
+                    "the pinned k3s could not be fetched ({k3s:?}): the server needs it in its image; check cluster.k3s.url or pass --k3s FILE"
+                ),
+            });
+        };
+        let bin = host.node.k3s.bin.to_string_lossy().into_owned();
+        router.place_k3s(&mut tree, &bin, &data)?;
+        let token_hash = opts
+            .token
+            .as_deref()
+            .and_then(|t| {
+                bootstrap::token::JoinToken::parse(&String::from_utf8_lossy(t), "the join token")
+                    .ok()
+            })
+            .and_then(|t| t.ca_hash().map(str::to_owned));
+        match (&opts.server_ca, &token_hash) {
+            (Some(dir), _) => router.place_ca(&mut tree, dir, token_hash.as_deref())?,
+            (None, Some(hash)) => {
+                return Err(ImageError::HostConfig {
+                    host: host.name.clone(),
+                    message: format!(
+                        "the join token names the cluster CA (sha256 {hash}), so the server must start with that CA: pass --server-ca DIR (the directory k3s' generate-custom-ca-certs.sh wrote), or use a bare passphrase token for a new cluster"
+                    ),
+                });
+            }
+            (None, None) => router_notes.push(
+                "no --server-ca: k3s makes its CA at first start; take the agents' K10 token from /var/lib/rancher/k3s/server/token then".to_string(),
+            ),
+        }
+        router.write_summary(&mut tree)?;
+    }
     add_kernel_bits(&mut tree, &opts.board, assets, depmod)?;
     tree.add_dir(BOOT_MOUNT.trim_start_matches('/'), 0o755)?;
-    let notes = host.apply(&mut tree, opts.token.as_deref(), &plan::fstab(sig))?;
+    let mut notes = host.apply(&mut tree, opts.token.as_deref(), &plan::fstab(sig))?;
+    notes.extend(router_notes);
     Ok((tree, k3s, notes))
 }
 
@@ -532,7 +584,7 @@ fn bake_k3s(
     tree: &mut Tree,
     node: &bootstrap::NodeConfig,
     progress: &dyn Progress,
-) -> Result<K3sSource, ImageError> {
+) -> Result<(K3sSource, Option<Vec<u8>>), ImageError> {
     let bin = node
         .k3s
         .bin
@@ -561,10 +613,10 @@ fn bake_k3s(
                 )));
             }
         }
-        return Ok(K3sSource::Given(p.clone()));
+        return Ok((K3sSource::Given(p.clone()), Some(data)));
     }
     if tree.exists(&bin) {
-        return Ok(K3sSource::InRootfs);
+        return Ok((K3sSource::InRootfs, None));
     }
     if let (Some(url), Some(sha)) = (&node.k3s.url, &node.k3s.sha256) {
         let dest = crate::assets::cache_root().join("k3s").join(sha);
@@ -579,15 +631,15 @@ fn bake_k3s(
             Ok(_) => {
                 let data = std::fs::read(&dest).map_err(io(&dest))?;
                 tree.add_file(&bin, 0o755, &data)?;
-                return Ok(K3sSource::Downloaded(url.clone()));
+                return Ok((K3sSource::Downloaded(url.clone()), Some(data)));
             }
             Err(e) => {
                 progress.event(Event::Note(format!(
                     "k3s not baked in ({e}); node-runtime fetches it on first boot"
                 )));
-                return Ok(K3sSource::FirstBoot(url.clone()));
+                return Ok((K3sSource::FirstBoot(url.clone()), None));
             }
         }
     }
-    Ok(K3sSource::Missing)
+    Ok((K3sSource::Missing, None))
 }

@@ -21,6 +21,8 @@ pub struct HostPlan {
     pub wifi: Option<WifiPlan>,
     /// SSH public keys for root.
     pub ssh_keys: Vec<String>,
+    /// The router's files, when this host is the lab's router.
+    pub router: Option<crate::router::RouterPlan>,
 }
 
 /// How the host reaches its VLAN.
@@ -209,7 +211,14 @@ impl HostPlan {
             tree.add_file("etc/resolv.conf", 0o644, r.as_bytes())?;
         }
         tree.add_dir("etc/systemd/network", 0o755)?;
-        for (name, text) in self.networkd_files() {
+        let net_files = match &self.router {
+            Some(r) => {
+                r.apply(tree, r.mirror.as_ref())?;
+                r.networkd.clone()
+            }
+            None => self.networkd_files(),
+        };
+        for (name, text) in net_files {
             tree.add_file(
                 &format!("etc/systemd/network/{name}"),
                 0o644,

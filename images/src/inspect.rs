@@ -43,6 +43,20 @@ pub struct Inspection {
     pub hostname: Option<String>,
     /// Whether a join token is baked in (its value is never shown).
     pub token: TokenState,
+    /// The router's part (VLANs, leases, policy, mirror), when the image is the router's.
+    pub router: Option<RouterInspection>,
+}
+
+/// The router's `router.json`, with each mirror file checked in the image.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouterInspection {
+    /// What imagegen recorded.
+    #[serde(flatten)]
+    pub summary: crate::router::RouterSummary,
+    /// Per mirror file: `ok` when the image holds it with the recorded sha256, else what is wrong.
+    pub mirror_check: Vec<String>,
+    /// The nftables ruleset as it is in the image.
+    pub nftables: Option<String>,
 }
 
 /// The join token's presence, redacted.
@@ -127,7 +141,44 @@ pub fn inspect(image: &Path) -> Result<Inspection, ImageError> {
     } else {
         TokenState::Absent
     };
+    let router =
+        match crate::ext4::read_file(image, root.start, bootstrap::layout::router::ROUTER_JSON)? {
+            None => None,
+            Some(raw) => {
+                let summary: crate::router::RouterSummary =
+                    serde_json::from_slice(&raw).map_err(|e| {
+                        bad(format!(
+                            "{} does not parse: {e}",
+                            bootstrap::layout::router::ROUTER_JSON
+                        ))
+                    })?;
+                let mut mirror_check = Vec::new();
+                for f in &summary.mirror {
+                    let path = format!("{}/{}", bootstrap::layout::router::MIRROR_DIR, f.name);
+                    let state = match crate::ext4::read_file(image, root.start, &path)? {
+                        None => "MISSING".to_string(),
+                        Some(d) if bootstrap::digest::sha256_hex(&d) == f.sha256 => "ok".into(),
+                        Some(d) => {
+                            format!("DIFFERS (sha256 {})", bootstrap::digest::sha256_hex(&d))
+                        }
+                    };
+                    mirror_check.push(format!("{}: {state}", f.name));
+                }
+                let nftables = crate::ext4::read_file(
+                    image,
+                    root.start,
+                    bootstrap::layout::router::NFTABLES_CONF,
+                )?
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+                Some(RouterInspection {
+                    summary,
+                    mirror_check,
+                    nftables,
+                })
+            }
+        };
     Ok(Inspection {
+        router,
         size,
         disk_signature: format!("{sig:08x}"),
         partitions,
@@ -187,6 +238,40 @@ impl Inspection {
             TokenState::OnBootPartition => "join token: dropped on the boot partition (redacted), moved in place at first boot\n",
             TokenState::Absent => "join token: none: copy it to the boot partition as `armfleet-token` after flashing\n",
         });
+        if let Some(r) = &self.router {
+            let list = |s: &mut String, name: &str, items: &[String]| {
+                s.push_str(&format!("{name}:\n"));
+                if items.is_empty() {
+                    s.push_str("  (none)\n");
+                }
+                for i in items {
+                    s.push_str(&format!("  {i}\n"));
+                }
+            };
+            s.push_str(&format!("router (from {}):\n", r.summary.topology));
+            list(&mut s, "  VLANs", &r.summary.vlans);
+            list(&mut s, "  uplinks", &r.summary.uplinks);
+            list(&mut s, "  fixed leases", &r.summary.leases);
+            list(&mut s, "  firewall policy", &r.summary.policy);
+            s.push_str(&format!(
+                "  mirror: {}\n",
+                r.summary.mirror_url.as_deref().unwrap_or("none")
+            ));
+            for (f, check) in r.summary.mirror.iter().zip(&r.mirror_check) {
+                s.push_str(&format!(
+                    "    {}  {} bytes  sha256 {}  [{}]\n",
+                    f.name,
+                    f.size,
+                    f.sha256,
+                    check.rsplit(": ").next().unwrap_or("")
+                ));
+            }
+            s.push_str(&format!("  k3s server CA: {}\n", r.summary.server_ca));
+            s.push_str(&block(
+                "  nftables ruleset (/etc/nftables.conf)",
+                &r.nftables,
+            ));
+        }
         s
     }
 }

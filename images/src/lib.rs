@@ -24,6 +24,7 @@ pub mod host;
 pub mod initramfs;
 pub mod inspect;
 pub mod plan;
+pub mod router;
 pub mod topology;
 pub mod util;
 pub mod window;

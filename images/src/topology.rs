@@ -191,6 +191,11 @@ pub fn plan_from(
             net,
             wifi,
             ssh_keys: h.ssh_keys.clone(),
+            router: topo
+                .router
+                .as_ref()
+                .filter(|r| r.host == h.name)
+                .map(|r| crate::router::RouterPlan::new(topo, r)),
         },
         token,
         token_note,

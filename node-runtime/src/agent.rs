@@ -5,6 +5,7 @@
 //! environment, where any user could read it through `/proc/PID/cmdline` or `/proc/PID/environ`.
 
 use bootstrap::NodeConfig;
+use bootstrap::node_config::K3sRole;
 use bootstrap::status::CgroupLayout;
 use std::net::IpAddr;
 
@@ -35,12 +36,24 @@ pub fn agent_args(
     node_ip: Option<IpAddr>,
     cgroups: CgroupLayout,
 ) -> Vec<String> {
-    let mut a: Vec<String> = vec!["agent".into()];
+    let server = config.k3s.role == K3sRole::Server;
+    let mut a: Vec<String> = vec![if server { "server" } else { "agent" }.into()];
     let mut flag = |k: &str, v: String| {
         a.push(k.to_owned());
         a.push(v);
     };
-    flag("--server", config.server.url.clone());
+    if server {
+        // The server is the one at server.url: it names that address in its certificate, sets
+        // the cluster's networks, and keeps its kubeconfig (cluster-admin) to root.
+        if let Some(host) = url_host(&config.server.url) {
+            flag("--tls-san", host);
+        }
+        flag("--cluster-cidr", config.network.pod_cidr.clone());
+        flag("--service-cidr", config.network.service_cidr.clone());
+        flag("--write-kubeconfig-mode", "0600".into());
+    } else {
+        flag("--server", config.server.url.clone());
+    }
     flag(
         "--token-file",
         config.server.token_file.display().to_string(),
@@ -78,6 +91,17 @@ pub fn agent_args(
     }
     a.extend(config.k3s.extra_args.iter().cloned());
     a
+}
+
+/// The host part of `https://host:port`, without brackets for IPv6.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    (!host.is_empty()).then(|| host.to_owned())
 }
 
 /// The resolv.conf node-runtime writes from `network.nameservers` (in the worker's root).
@@ -166,6 +190,21 @@ nameservers = ["10.10.0.1"]
 [labels]
 "armfleet.io/kind" = "phone"
 "#;
+
+    #[test]
+    fn the_server_is_started_as_the_server_of_its_url() {
+        let mut c = NodeConfig::from_toml_str(CONF, "t").unwrap();
+        c.k3s.role = K3sRole::Server;
+        let a = agent_args(&c, Some("10.10.0.1".parse().unwrap()), CgroupLayout::Hybrid).join(" ");
+        assert!(a.starts_with("server --tls-san 10.10.0.1 --cluster-cidr 10.42.0.0/16 --service-cidr 10.43.0.0/16 --write-kubeconfig-mode 0600 --token-file /etc/armfleet/token"), "{a}");
+        assert!(!a.contains("--server"), "{a}");
+        assert!(a.contains("--kubelet-arg fail-cgroupv1=false"), "{a}");
+        assert_eq!(
+            url_host("https://[fd00::1]:6443").as_deref(),
+            Some("fd00::1")
+        );
+        assert_eq!(url_host("https://k3s.lab:6443").as_deref(), Some("k3s.lab"));
+    }
 
     #[test]
     fn args_carry_every_setting_and_no_token() {

@@ -24,6 +24,7 @@ pub mod files;
 pub mod iptables;
 pub mod k3sbin;
 pub mod logs;
+pub mod mirror;
 pub mod pidfile;
 pub mod power;
 pub mod routing;

@@ -130,6 +130,22 @@ Each file goes to PATH.new (parents made 0700), is synced, then all are renamed 
         after_help = "Example:\n  node-runtime unit > /etc/systemd/system/node-runtime.service"
     )]
     Unit,
+    /// Serve the artifact mirror on the router: the files of a directory over HTTP (GET/HEAD of
+    /// plain file names only; workers check each file against its pinned sha256).
+    #[command(after_help = "Example:
+  node-runtime mirror --dir /var/lib/armfleet/mirror --listen 0.0.0.0:8080
+  curl -I http://rpi4-1.lab.home.arpa:8080/k3s-arm64     # from a worker on INFRA")]
+    Mirror {
+        /// The directory whose files are served.
+        #[arg(long, default_value = bootstrap::layout::router::MIRROR_DIR)]
+        dir: PathBuf,
+        /// Address and port to listen on (the firewall decides which VLAN reaches it).
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: String,
+        /// URL path the files are under.
+        #[arg(long, default_value = "/")]
+        prefix: String,
+    },
 }
 
 fn fail(class: ExitClass, e: impl std::fmt::Display) -> Failure {
@@ -303,6 +319,36 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
             } else {
                 ExitClass::Device.code()
             })
+        }
+        Cmd::Mirror {
+            dir,
+            listen,
+            prefix,
+        } => {
+            if !dir.is_dir() {
+                return Err(fail(
+                    ExitClass::Usage,
+                    format!(
+                        "{} is not a directory: give the mirror's files with --dir",
+                        dir.display()
+                    ),
+                ));
+            }
+            let listener = std::net::TcpListener::bind(&listen).map_err(|e| {
+                fail(
+                    ExitClass::Usage,
+                    format!(
+                        "cannot listen on {listen}: {e}: give a free address:port with --listen"
+                    ),
+                )
+            })?;
+            let prefix = if prefix.ends_with('/') {
+                prefix
+            } else {
+                format!("{prefix}/")
+            };
+            mirror::serve(listener, dir, prefix).map_err(|e| fail(ExitClass::Device, e))?;
+            Ok(0)
         }
         Cmd::Unit => {
             out::print(bootstrap::unit::SYSTEMD_UNIT);

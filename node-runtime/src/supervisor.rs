@@ -446,6 +446,12 @@ impl Supervisor {
                 tracing::info!("{}", n)
             }
         };
+        if self.config.k3s.role.is_agent() {
+            crate::token::report_server_check(
+                self.config.server.url.clone(),
+                self.config.server.token_file.clone(),
+            );
+        }
         if k3sbin::ensure_k3s(&self.config, &bin, &progress)? {
             self.say(format!("k3s binary {} fetched and verified", bin.display()));
         }

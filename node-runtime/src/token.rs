@@ -104,6 +104,33 @@ pub fn take_token_drop(drop: &Path, token_file: &Path) -> Result<bool, TokenErro
     Ok(true)
 }
 
+/// What an agent does first, said where its owner looks: fetch the server's `/cacerts` and
+/// compare it with the CA hash in the join token (k3s' own check, before the token is sent).
+/// Run in a thread so an unreachable server (a wrong VLAN, a firewall) never delays the agent,
+/// which keeps trying on its own; the line tells the owner which of the three it is.
+pub fn report_server_check(server_url: String, token_file: PathBuf) {
+    std::thread::spawn(move || {
+        let Ok(text) = std::fs::read_to_string(&token_file) else {
+            return;
+        };
+        let Ok(token) = bootstrap::token::JoinToken::parse(text.trim(), "the join token") else {
+            return;
+        };
+        match bootstrap::token::verify_server_ca(&server_url, &token) {
+            Ok(bootstrap::token::CaCheck::Verified) => {
+                tracing::info!("server {server_url} reached: its CA matches the join token")
+            }
+            Ok(bootstrap::token::CaCheck::NoHashInToken) => {
+                tracing::info!("server {server_url}: the join token names no CA, nothing to check")
+            }
+            Ok(bootstrap::token::CaCheck::Unreachable(why)) => tracing::warn!(
+                "server {server_url} not reachable ({why}): check the node's VLAN and the router's rules; the agent keeps trying"
+            ),
+            Err(e) => tracing::error!("{e}"),
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,3 +10,4 @@ pub mod qemu;
 pub mod standin;
 pub mod util;
 pub mod vphone;
+pub mod vswitch;

@@ -73,6 +73,22 @@ impl QemuBoot {
     /// Boots a sparse copy of `image` (grown to `disk_size` bytes, so the first-boot growth of the
     /// root partition is exercised) with the image's `vmlinuz`, `initrd.img` and `cmdline.txt`.
     pub fn start(image: &Path, machine: Machine, disk_size: u64) -> QemuBoot {
+        QemuBoot::start_on(image, machine, disk_size, None)
+    }
+
+    /// [`QemuBoot::start`] with the `virt` machine's NIC on a socket network: connected to
+    /// `127.0.0.1:port` (a [`crate::vswitch::Switch`] port), with its own MAC address. No user
+    /// network: the guest reaches only what the switch connects it to.
+    pub fn start_switched(image: &Path, disk_size: u64, port: u16, mac: &str) -> QemuBoot {
+        QemuBoot::start_on(image, Machine::Virt, disk_size, Some((port, mac)))
+    }
+
+    fn start_on(
+        image: &Path,
+        machine: Machine,
+        disk_size: u64,
+        switched: Option<(u16, &str)>,
+    ) -> QemuBoot {
         let work = tempfile::tempdir().expect("temp dir");
         let w = |n: &str| work.path().join(n);
         for f in ["vmlinuz", "initrd.img", "cmdline.txt"] {
@@ -112,15 +128,25 @@ impl QemuBoot {
                 ])
                 .arg("-drive")
                 .arg(format!("file={},format=raw,if=none,id=d0", disk.display()))
-                .args(["-device", "virtio-blk-pci,drive=d0"])
-                // A NIC so eth0 exists and systemd's network-online.target is reached as on a
-                // cabled Pi; restrict=on: the guest reaches nothing outside itself.
-                .args([
-                    "-netdev",
-                    "user,id=n0,restrict=on",
-                    "-device",
-                    "virtio-net-pci,netdev=n0,romfile=",
-                ]);
+                .args(["-device", "virtio-blk-pci,drive=d0"]);
+                match switched {
+                    Some((port, mac)) => {
+                        cmd.arg("-netdev")
+                            .arg(format!("socket,id=n0,connect=127.0.0.1:{port}"))
+                            .arg("-device")
+                            .arg(format!("virtio-net-pci,netdev=n0,mac={mac},romfile="));
+                    }
+                    // A NIC so eth0 exists and systemd's network-online.target is reached as
+                    // on a cabled Pi; restrict=on: the guest reaches nothing outside itself.
+                    None => {
+                        cmd.args([
+                            "-netdev",
+                            "user,id=n0,restrict=on",
+                            "-device",
+                            "virtio-net-pci,netdev=n0,romfile=",
+                        ]);
+                    }
+                }
             }
             Machine::Raspi3b => {
                 let dtb = w("bcm2837-rpi-3-b.dtb");

@@ -1,5 +1,6 @@
-//! The `k3s agent` command line as k3s parses it: urfave/cli v2 flag definitions on top of Go's
-//! `flag` package, so the stand-in refuses exactly what the real agent refuses.
+//! The `k3s agent` and `k3s server` command lines as k3s parses them: urfave/cli v2 flag
+//! definitions on top of Go's `flag` package, so the stand-in refuses exactly what the real
+//! k3s refuses. The server's table is [`SERVER_FLAGS`] (`server_flags.rs`, sources named there).
 //!
 //! The table is the agent's `Flags:` list of the urfave/cli v2 era, from the sources named in
 //! `/work/notes/research-13.md` §1: k3s-vip/k3s `pkg/cli/cmds/agent.go` @94385529 (a fork that
@@ -31,10 +32,12 @@ pub enum Kind {
     Int,
     /// `StringSliceFlag`: repeatable, each use one entry.
     List,
+    /// `DurationFlag` (Go's `time.ParseDuration`); only the server has any.
+    Duration,
 }
 
-/// One flag of `k3s agent`.
-#[derive(Debug)]
+/// One flag of a `k3s` command.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Flag {
     /// The long name (`token` for `--token`).
     pub name: &'static str,
@@ -52,7 +55,7 @@ pub struct Flag {
     pub usage: &'static str,
 }
 
-const fn flag(name: &'static str, kind: Kind, usage: &'static str) -> Flag {
+pub(crate) const fn flag(name: &'static str, kind: Kind, usage: &'static str) -> Flag {
     Flag {
         name,
         alias: None,
@@ -64,7 +67,12 @@ const fn flag(name: &'static str, kind: Kind, usage: &'static str) -> Flag {
     }
 }
 
-const fn aliased(name: &'static str, alias: &'static str, kind: Kind, usage: &'static str) -> Flag {
+pub(crate) const fn aliased(
+    name: &'static str,
+    alias: &'static str,
+    kind: Kind,
+    usage: &'static str,
+) -> Flag {
     Flag {
         name,
         alias: Some(alias),
@@ -76,22 +84,26 @@ const fn aliased(name: &'static str, alias: &'static str, kind: Kind, usage: &'s
     }
 }
 
-const fn env(mut f: Flag, var: &'static str) -> Flag {
+pub(crate) const fn env(mut f: Flag, var: &'static str) -> Flag {
     f.env = Some(var);
     f
 }
 
-const fn default(mut f: Flag, value: &'static str) -> Flag {
+pub(crate) const fn default(mut f: Flag, value: &'static str) -> Flag {
     f.default = Some(value);
     f
 }
 
-const fn hidden(mut f: Flag) -> Flag {
+pub(crate) const fn hidden(mut f: Flag) -> Flag {
     f.hidden = true;
     f
 }
 
-use Kind::{Bool, Int, List, Text};
+use Kind::{Bool, Duration, Int, List, Text};
+
+#[path = "server_flags.rs"]
+pub mod server_flags;
+pub use server_flags::SERVER_FLAGS;
 
 /// Every flag `k3s agent` defines, in its `Flags:` order, then urfave's own `--help`.
 pub const AGENT_FLAGS: &[Flag] = &[
@@ -352,6 +364,32 @@ pub struct Parsed {
     pub values: BTreeMap<String, Vec<String>>,
     /// The arguments after the flags.
     pub positional: Vec<String>,
+    /// The command's flag table (for environment variables and defaults).
+    table: Table,
+}
+
+/// A flag table, compared by identity and shown by size.
+#[derive(Clone, Copy)]
+struct Table(&'static [Flag]);
+
+impl Default for Table {
+    fn default() -> Self {
+        Table(AGENT_FLAGS)
+    }
+}
+
+impl PartialEq for Table {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.0, other.0)
+    }
+}
+
+impl Eq for Table {}
+
+impl fmt::Debug for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} flags>", self.0.len())
+    }
 }
 
 impl Parsed {
@@ -380,7 +418,7 @@ impl Parsed {
         if let Some(v) = self.get(name) {
             return Some(v.to_owned());
         }
-        let f = lookup(name)?;
+        let f = lookup(self.table.0, name)?;
         if let Some(v) = f.env.and_then(&environment).filter(|v| !v.is_empty()) {
             return Some(v);
         }
@@ -388,8 +426,8 @@ impl Parsed {
     }
 }
 
-fn lookup(name: &str) -> Option<&'static Flag> {
-    AGENT_FLAGS
+fn lookup(table: &'static [Flag], name: &str) -> Option<&'static Flag> {
+    table
         .iter()
         .find(|f| f.name == name || f.alias == Some(name))
 }
@@ -447,9 +485,80 @@ pub fn go_quote(s: &str) -> String {
     q
 }
 
+/// Go's `time.ParseDuration`: `[-+]` then one or more `<number><unit>` (`1h30m`, `1.5s`, `.5m`),
+/// units `ns us µs μs ms s m h`; a bare `0` is the only number without a unit.
+fn parse_duration(s: &str) -> Option<()> {
+    let mut rest = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let neg = s.starts_with('-');
+    if rest == "0" {
+        return Some(());
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let int_len = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let int: u128 = if int_len == 0 {
+            0
+        } else {
+            rest[..int_len].parse().ok().filter(|v| *v <= 1 << 63)?
+        };
+        rest = &rest[int_len..];
+        let mut frac = 0.0;
+        let mut frac_len = 0;
+        if let Some(after) = rest.strip_prefix('.') {
+            frac_len = after
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(after.len());
+            let mut scale = 1.0;
+            for d in after[..frac_len].bytes() {
+                scale /= 10.0;
+                frac += f64::from(d - b'0') * scale;
+            }
+            rest = &after[frac_len..];
+        }
+        if int_len == 0 && frac_len == 0 {
+            return None;
+        }
+        let unit_len = rest
+            .find(|c: char| c == '.' || c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit: u128 = match &rest[..unit_len] {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        // Go drops the fraction's sub-nanosecond part; so does the `as` here.
+        total = total
+            .checked_add(int.checked_mul(unit)?)?
+            .checked_add((frac * unit as f64) as u128)?;
+        if total > 1 << 63 {
+            return None;
+        }
+    }
+    (neg || total < 1 << 63).then_some(())
+}
+
 /// Parses the arguments after `agent`.
+#[cfg(test)]
 pub fn parse(args: &[String]) -> Result<Parsed, ParseError> {
-    let mut out = Parsed::default();
+    parse_with(AGENT_FLAGS, args)
+}
+
+/// Parses the arguments after a command whose flags are `table`.
+pub fn parse_with(table: &'static [Flag], args: &[String]) -> Result<Parsed, ParseError> {
+    let mut out = Parsed {
+        table: Table(table),
+        ..Parsed::default()
+    };
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
@@ -469,7 +578,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, ParseError> {
             Some((n, v)) => (n, Some(v.to_owned())),
             None => (body, None),
         };
-        let f = lookup(name).ok_or_else(|| ParseError::Undefined(name.to_owned()))?;
+        let f = lookup(table, name).ok_or_else(|| ParseError::Undefined(name.to_owned()))?;
         i += 1;
         let value = match f.kind {
             Bool => {
@@ -480,7 +589,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, ParseError> {
                 })?;
                 b.to_string()
             }
-            Text | Int | List => {
+            Text | Int | List | Duration => {
                 let v = match inline {
                     Some(v) => v,
                     None => {
@@ -492,7 +601,12 @@ pub fn parse(args: &[String]) -> Result<Parsed, ParseError> {
                         v
                     }
                 };
-                if f.kind == Int && parse_int(&v).is_none() {
+                let bad = match f.kind {
+                    Int => parse_int(&v).is_none(),
+                    Duration => parse_duration(&v).is_none(),
+                    _ => false,
+                };
+                if bad {
                     return Err(ParseError::BadValue {
                         value: v,
                         name: name.to_owned(),
@@ -513,8 +627,14 @@ pub fn parse(args: &[String]) -> Result<Parsed, ParseError> {
 
 /// The agent's help, as urfave/cli lays out a command's (what k3s prints after
 /// `Incorrect Usage:` and for `--help`).
+#[cfg(test)]
 pub fn usage() -> String {
-    let shown: Vec<(String, &Flag)> = AGENT_FLAGS
+    usage_for("agent", AGENT_FLAGS)
+}
+
+/// The help of `k3s COMMAND` whose flags are `table`.
+pub fn usage_for(command: &str, table: &[Flag]) -> String {
+    let shown: Vec<(String, &Flag)> = table
         .iter()
         .filter(|f| !f.hidden && f.name != "help")
         .map(|f| {
@@ -537,13 +657,20 @@ pub fn usage() -> String {
         })
         .collect();
     let width = shown.iter().map(|(n, _)| n.len()).max().unwrap_or(0) + 2;
-    let mut text = String::from(
-        "NAME:\n   k3s agent - Run node agent\n\nUSAGE:\n   k3s agent [OPTIONS]\n\nOPTIONS:\n",
+    let title = match command {
+        "agent" => " - Run node agent",
+        "server" => " - Run management server",
+        _ => "",
+    };
+    let mut text = format!(
+        "NAME:\n   k3s {command}{title}\n\nUSAGE:\n   k3s {command} [OPTIONS]\n\nOPTIONS:\n"
     );
     for (names, f) in shown {
         let mut line = format!("   {names:width$}{}", f.usage);
         if let Some(d) = f.default {
-            if f.kind == Int || f.name == "bind-address" {
+            // Only strings are quoted; `bind-address` and the slices' defaults are really part
+            // of their usage text.
+            if f.kind != Text || f.name == "bind-address" {
                 line.push_str(&format!(" (default: {d})"));
             } else {
                 line.push_str(&format!(" (default: {})", go_quote(d)));
@@ -697,5 +824,166 @@ mod tests {
         assert!(u.contains("--token value, -t value"));
         assert!(u.contains("--config FILE, -c FILE"));
         assert!(u.contains("[$K3S_DATA_DIR]"));
+    }
+
+    fn server(line: &str) -> Result<Parsed, ParseError> {
+        parse_with(SERVER_FLAGS, &args(line))
+    }
+
+    #[test]
+    fn server_argv_parses() {
+        let p = server(
+            "--token-file /x --write-kubeconfig-mode 0600 --cluster-cidr 10.42.0.0/16 \
+             --tls-san a --tls-san b --node-ip 10.10.10.1 --disable=traefik \
+             --kubelet-arg=fail-cgroupv1=false",
+        )
+        .unwrap();
+        assert_eq!(p.get("token-file"), Some("/x"));
+        assert_eq!(p.get("write-kubeconfig-mode"), Some("0600"));
+        assert_eq!(p.all("cluster-cidr"), ["10.42.0.0/16"]);
+        assert_eq!(p.all("tls-san"), ["a", "b"]);
+        assert_eq!(p.all("node-ip"), ["10.10.10.1"]);
+        assert_eq!(p.all("disable"), ["traefik"]);
+        assert_eq!(p.all("kubelet-arg"), ["fail-cgroupv1=false"]);
+        assert!(p.positional.is_empty());
+        // Aliases, hidden flags and the agent flags a server shares.
+        let p = server(
+            "-o /k -t s -d /d -i 10.0.0.1 --disable-agent --kine-tls --lb-server-port 7000 \
+             --cluster-init",
+        )
+        .unwrap();
+        assert_eq!(p.get("write-kubeconfig"), Some("/k"));
+        assert_eq!(p.get("token"), Some("s"));
+        assert_eq!(p.get("data-dir"), Some("/d"));
+        assert!(p.is_set("disable-agent") && p.is_set("kine-tls") && p.is_set("cluster-init"));
+        assert_eq!(p.get("lb-server-port"), Some("7000"));
+    }
+
+    #[test]
+    fn each_command_refuses_the_others_own_flags() {
+        for (line, name) in [
+            ("--server-only-nonsense", "server-only-nonsense"),
+            ("--disable-apiserver-lb", "disable-apiserver-lb"),
+            ("--no-deploy traefik", "no-deploy"),
+            ("--cluster-secret=x", "cluster-secret"),
+            ("--kubelet-args x", "kubelet-args"),
+        ] {
+            assert_eq!(
+                server(line).unwrap_err(),
+                ParseError::Undefined(name.into()),
+                "{line}"
+            );
+        }
+        for (line, name) in [
+            ("--cluster-init", "cluster-init"),
+            ("--write-kubeconfig-mode 0600", "write-kubeconfig-mode"),
+            ("-o /k", "o"),
+            ("--tls-san a", "tls-san"),
+        ] {
+            assert_eq!(
+                parse(&args(line)).unwrap_err(),
+                ParseError::Undefined(name.into()),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn durations_as_go_reads_them() {
+        for ok in [
+            "0", "5m0s", "90s", "1h30m", "1.5h", ".5s", "-2ms", "+3us", "1\u{b5}s",
+        ] {
+            assert!(parse_duration(ok).is_some(), "{ok}");
+            assert_eq!(
+                server(&format!("--etcd-s3-timeout={ok}"))
+                    .unwrap()
+                    .get("etcd-s3-timeout"),
+                Some(ok)
+            );
+        }
+        for bad in [
+            "",
+            "5",
+            "1x",
+            ".s",
+            "1h-2m",
+            "-",
+            "3000000h",
+            "9223372036854775808ns",
+        ] {
+            assert!(parse_duration(bad).is_none(), "{bad}");
+        }
+        assert_eq!(parse_duration("-9223372036854775808ns"), Some(()));
+        assert_eq!(
+            server("--etcd-snapshot-reconcile-interval 10")
+                .unwrap_err()
+                .to_string(),
+            "invalid value \"10\" for flag -etcd-snapshot-reconcile-interval: parse error"
+        );
+    }
+
+    #[test]
+    fn server_environment_and_defaults() {
+        let p = server("--node-name n").unwrap();
+        let env = |k: &str| (k == "K3S_KUBECONFIG_MODE").then(|| "0644".to_owned());
+        assert_eq!(
+            p.effective("write-kubeconfig-mode", env).as_deref(),
+            Some("0644")
+        );
+        assert_eq!(
+            p.effective("cluster-domain", env).as_deref(),
+            Some("cluster.local")
+        );
+        assert_eq!(
+            p.effective("https-listen-port", env).as_deref(),
+            Some("6443")
+        );
+        assert_eq!(p.effective("node-name", env).as_deref(), Some("n"));
+        // The server's data-dir default depends on the user, so it has none here.
+        assert_eq!(p.effective("data-dir", env), None);
+        assert_eq!(
+            parse(&args(""))
+                .unwrap()
+                .effective("data-dir", env)
+                .as_deref(),
+            Some("/var/lib/rancher/k3s")
+        );
+    }
+
+    #[test]
+    fn server_table_names_are_unique() {
+        let mut seen = std::collections::BTreeSet::new();
+        for f in SERVER_FLAGS {
+            for n in std::iter::once(f.name).chain(f.alias) {
+                assert!(seen.insert(n), "{n} twice");
+            }
+        }
+        assert_eq!(SERVER_FLAGS.last().map(|f| f.name), Some("help"));
+    }
+
+    #[test]
+    fn server_help_lists_each_shown_flag_once() {
+        let u = usage_for("server", SERVER_FLAGS);
+        assert!(u.starts_with(
+            "NAME:\n   k3s server - Run management server\n\nUSAGE:\n   k3s server [OPTIONS]\n"
+        ));
+        let firsts: Vec<&str> = u
+            .lines()
+            .skip_while(|l| *l != "OPTIONS:")
+            .skip(1)
+            .map(|l| l.trim_start().split([' ', ',']).next().unwrap_or(""))
+            .collect();
+        for f in SERVER_FLAGS.iter().filter(|f| f.name != "help") {
+            let dash = if f.name.len() == 1 { "-" } else { "--" };
+            let n = format!("{dash}{}", f.name);
+            let count = firsts.iter().filter(|l| **l == n).count();
+            assert_eq!(count, usize::from(!f.hidden), "{}", f.name);
+        }
+        assert!(u.contains("--write-kubeconfig value, -o value"));
+        assert!(u.contains("[$K3S_KUBECONFIG_OUTPUT]"));
+        assert!(u.contains("(default: 5m0s)"));
+        assert!(u.contains("(default: 10.42.0.0/16)"));
+        assert!(u.contains("(default: \"cluster.local\")"));
+        assert!(!u.contains("--disable-apiserver-lb"));
     }
 }

@@ -63,6 +63,7 @@
 
 mod checks;
 mod flags;
+mod server;
 
 use checks::{Layout, TokenRead};
 use std::collections::BTreeMap;
@@ -188,20 +189,25 @@ fn main() {
     run.set("token_file", serde_json::Value::Null);
 
     // 1. The command line.
-    if argv.get(1).map(String::as_str) != Some("agent") {
-        run.refuse(Refusal::fatal(
+    let command = argv.get(1).cloned().unwrap_or_default();
+    let table = match command.as_str() {
+        "agent" => flags::AGENT_FLAGS,
+        "server" => flags::SERVER_FLAGS,
+        _ => run.refuse(Refusal::fatal(
             "command",
-            format!(
-                "k3s stand-in plays only `k3s agent`, not {:?}",
-                argv.get(1).cloned().unwrap_or_default()
-            ),
-        ));
-    }
-    let parsed = match flags::parse(&argv[2..]) {
+            format!("k3s stand-in plays `k3s agent` and `k3s server`, not {command:?}"),
+        )),
+    };
+    let is_server = command == "server";
+    run.set("command", command.clone());
+    let parsed = match flags::parse_with(table, &argv[2..]) {
         Ok(p) => p,
         Err(e) => {
             // urfave/cli writes these to its App.Writer (stdout); k3s then logs the error.
-            print!("Incorrect Usage: {e}\n\n{}", flags::usage());
+            print!(
+                "Incorrect Usage: {e}\n\n{}",
+                flags::usage_for(&command, table)
+            );
             let _ = std::io::stdout().flush();
             run.refuse(Refusal::fatal("flags", e.to_string()));
         }
@@ -212,7 +218,7 @@ fn main() {
     );
     run.set("positional", parsed.positional.clone());
     if parsed.is_set("help") {
-        print!("{}", flags::usage());
+        print!("{}", flags::usage_for(&command, table));
         run.write(None);
         std::process::exit(0);
     }
@@ -238,7 +244,7 @@ fn main() {
     }
     log(
         "info",
-        &format!("Starting k3s agent {VERSION} (k3s stand-in)"),
+        &format!("Starting k3s {command} {VERSION} (k3s stand-in)"),
     );
 
     // 3. The token and the server.
@@ -269,10 +275,62 @@ fn main() {
     if token.is_empty() && !cached_cert {
         run.refuse(Refusal::fatal("token", "--token is required"));
     }
-    let Some(server) = parsed.effective("server", from_env) else {
-        run.refuse(Refusal::fatal("server", "--server is required"));
-    };
-    log_kv("info", "Connecting to proxy", &[("url", &server)]);
+    if is_server {
+        // The cluster CA (custom when placed before the first start) must be the token's.
+        let ca = match server::cluster_ca(&data_dir) {
+            Ok(ca) => ca,
+            Err(e) => run.refuse(Refusal::fatal(
+                "ca",
+                format!("failed to load the cluster CA: {e}"),
+            )),
+        };
+        let hash = server::ca_hash(&ca.0);
+        run.set("ca_hash", hash.clone());
+        if let Some(want) = server::token_hash(&token)
+            && want != hash
+        {
+            run.refuse(Refusal::fatal(
+                "token_ca",
+                format!(
+                    "token CA hash does not match the Cluster CA certificate hash: {want} != {hash}"
+                ),
+            ));
+        }
+        let port = parsed
+            .effective("https-listen-port", from_env)
+            .unwrap_or_else(|| "6443".into());
+        let bind = parsed
+            .effective("bind-address", from_env)
+            .unwrap_or_else(|| "0.0.0.0".into());
+        let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
+        names.extend(parsed.all("tls-san").iter().cloned());
+        names.extend(parsed.all("node-ip").iter().cloned());
+        let listener = match std::net::TcpListener::bind(format!("{bind}:{port}")) {
+            Ok(l) => l,
+            Err(e) => run.refuse(Refusal::fatal(
+                "listen",
+                format!(
+                    "starting kubernetes: preparing server: listen tcp {bind}:{port}: {}",
+                    checks::go_errno(&e)
+                ),
+            )),
+        };
+        if let Err(e) = server::serve(
+            listener,
+            ca,
+            names,
+            server::token_password(&token).to_owned(),
+        ) {
+            run.refuse(Refusal::fatal("listen", format!("supervisor TLS: {e}")));
+        }
+        log_kv("info", "Cluster CA ready", &[("sha256", &hash)]);
+        log_kv("info", "Running supervisor", &[("port", &port)]);
+    } else {
+        let Some(server) = parsed.effective("server", from_env) else {
+            run.refuse(Refusal::fatal("server", "--server is required"));
+        };
+        log_kv("info", "Connecting to proxy", &[("url", &server)]);
+    }
 
     // 4. cgroups, as k3s and then the kubelet look at them.
     let layout = checks::layout();

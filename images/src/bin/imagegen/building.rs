@@ -70,6 +70,7 @@ pub(crate) fn build(boards: &Registry, args: Vec<String>, quiet: bool) -> Result
         check_ca: !a.no_ca_check,
         epoch: bootstrap::rootfs::source_date_epoch(),
         tmp_dir: None,
+        server_ca: a.server_ca,
     };
     let built = imagegen::build::build(&opts, &progress);
     progress.finish(built.is_ok());

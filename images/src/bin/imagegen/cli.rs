@@ -55,7 +55,12 @@ pub fn build_examples(board: &str) -> String {
   imagegen {board}
   imagegen {board} --host HOST --size 4G -o /tmp/HOST.img
   imagegen {board} --rootfs rootfs.tar.gz --boot-assets ./debs --token-file ./token
-  imagegen {board} --token-file ./token --no-ca-check   # offline: skip the server CA check"
+  imagegen {board} --token-file ./token --no-ca-check   # offline: skip the server CA check{}",
+        if board == "rpi4" {
+            "\n  imagegen rpi4 --host rpi4-1 --token-file ./token --server-ca ./k3s-ca   # the router and k3s server"
+        } else {
+            ""
+        }
     )
 }
 
@@ -94,6 +99,10 @@ pub struct BuildArgs {
     /// (offline builds; the node still checks it when it joins).
     #[arg(long)]
     pub no_ca_check: bool,
+    /// The k3s server's CA (the directory k3s' generate-custom-ca-certs.sh writes), for the
+    /// server's image: its server-ca.crt must be the CA the join token's hash names.
+    #[arg(long, value_name = "DIR")]
+    pub server_ca: Option<PathBuf>,
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,

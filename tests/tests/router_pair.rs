@@ -1,0 +1,248 @@
+//! The lab's two halves together (slow tier): the router/server image and a worker image, both
+//! made by imagegen from the topology and the real node rootfs, booted in QEMU and wired only to
+//! each other through a VLAN-aware switch on 127.0.0.1 (tests/src/vswitch.rs: the router on the
+//! trunk, the worker on an access port). No user-mode network: nothing in the VMs reaches past
+//! the switch.
+//!
+//! Shown from the two serial consoles:
+//! - the router's dnsmasq leases the worker an INFRA address (DHCPACK on eth0.10);
+//! - the worker fetches k3s from `http://rpi4-1.lab.home.arpa:8080`, a name only the router's
+//!   DNS knows, and the router's mirror logs the GET;
+//! - node-runtime on the worker reaches the server's port 6443 and finds there the CA the join
+//!   token's hash names (the k3s stand-in as `k3s server`, started by node-runtime on the router
+//!   from the CA imagegen placed);
+//! - the worker's cable moved to an IOT port: it gets an IOT address, and the server's API is
+//!   not reachable from there (the firewall drops IOT -> INFRA; a drop, so a timeout).
+//!
+//! k3s is the stand-in on both sides (no k3s binary here): what is proven is the network, the
+//! names, the mirror, the CA and the firewall, not Kubernetes.
+
+use armfleet_tests::fixtures::{offline_topology, real_node_rootfs};
+use armfleet_tests::lab::set_key;
+use armfleet_tests::qemu::QemuBoot;
+use armfleet_tests::util::{aarch64_bin, cache_dir, host_bin, output_text};
+use armfleet_tests::vswitch::{PortMode, Switch};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The pinned k3s (the stand-in) over HTTP on 127.0.0.1 while `serving` holds: the laptop's
+/// download at image build time.
+fn pinned_download(body: Vec<u8>, serving: Arc<AtomicBool>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/k3s-arm64", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            if serving.load(Ordering::SeqCst) {
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(&body);
+            } else {
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        }
+    });
+    url
+}
+
+fn imagegen(args: &[&str], topology: &Path) -> String {
+    let o = Command::new(host_bin("imagegen", "imagegen"))
+        .args(args)
+        .env("ARMFLEET_TOPOLOGY", topology)
+        .env("ARMFLEET_CACHE_DIR", cache_dir("imagegen-cache"))
+        .env("ARMFLEET_WIFI_INFRA_PSK", "lab-wifi-passphrase")
+        .output()
+        .unwrap();
+    let text = output_text(&o);
+    assert!(o.status.success(), "imagegen {args:?}:\n{text}");
+    text
+}
+
+/// A line already on the console or the next one with `needle`.
+fn console_line(vm: &mut QemuBoot, needle: &str, timeout: Duration, what: &str) -> String {
+    if let Some(l) = vm.log().iter().find(|l| l.contains(needle)) {
+        return l.clone();
+    }
+    vm.wait_for(needle, timeout)
+        .unwrap_or_else(|| panic!("{what}: no console line with {needle:?}:\n{}", vm.tail(80)))
+}
+
+#[test]
+fn slow_qemu_router_serves_a_worker_on_its_vlans() {
+    use sha2::Digest;
+    let rootfs = real_node_rootfs();
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+
+    // The lab: the default topology, k3s pinned to the stand-in served on 127.0.0.1 at build
+    // time, and the worker rpi4-2 on DHCP (its address comes from the router).
+    let standin = std::fs::read(aarch64_bin("k3s-standin")).unwrap();
+    let pin = hex::encode(sha2::Sha256::digest(&standin));
+    let serving = Arc::new(AtomicBool::new(true));
+    let url = pinned_download(standin, serving.clone());
+    let base = std::fs::read_to_string(offline_topology()).unwrap();
+    let text = set_key(&base, "sha256", &format!("\"{pin}\""));
+    let text = set_key(&text, "url", &format!("\"{url}\""));
+    let text = text.replace("address = \"10.10.10.12\"", "address = \"dhcp\"");
+    let topology = d("lab.toml");
+    std::fs::write(&topology, text).unwrap();
+
+    // The cluster CA, made before the server ever runs, and the join token that names it.
+    let ca_dir = d("k3s-ca");
+    std::fs::create_dir(&ca_dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "k3s-server-ca");
+    let ca_pem = params.self_signed(&key).unwrap().pem();
+    std::fs::write(ca_dir.join("server-ca.crt"), &ca_pem).unwrap();
+    std::fs::write(ca_dir.join("server-ca.key"), key.serialize_pem()).unwrap();
+    let ca_hash = bootstrap::token::hash_ca(ca_pem.as_bytes());
+    let token = d("token");
+    std::fs::write(&token, format!("K10{ca_hash}::server:pair-proof-secret\n")).unwrap();
+
+    // The router's image, then what inspect reads back from it.
+    let server_img = d("rpi4-1.img");
+    let said = imagegen(
+        &[
+            "rpi4",
+            "--host",
+            "rpi4-1",
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+            "--server-ca",
+            ca_dir.to_str().unwrap(),
+            "-o",
+            server_img.to_str().unwrap(),
+        ],
+        &topology,
+    );
+    assert!(said.contains("baked in (pinned download"), "{said}");
+    let shown = imagegen(&["inspect", server_img.to_str().unwrap()], &topology);
+    for want in [
+        "INFRA id 10: 10.10.10.1/24 on eth0.10, DHCP 10.10.10.128-10.10.10.254",
+        "IOT id 40: 10.10.40.1/24 on eth0.40",
+        "rpi3a-ctl 10.10.10.13 (INFRA)",
+        "INFRA -> rpi4-1: tcp/22 tcp/6443 (SSH and the k3s API)",
+        "default: drop between VLANs",
+        &format!(
+            "k3s-arm64  {} bytes  sha256 {pin}  [ok]",
+            std::fs::metadata(aarch64_bin("k3s-standin")).unwrap().len()
+        ),
+        &format!("custom, server-ca.crt sha256 {ca_hash}"),
+        "policy drop;",
+    ] {
+        assert!(shown.contains(want), "inspect lacks {want:?}:\n{shown}");
+    }
+
+    // The worker's image, made while the laptop cannot download k3s: the worker must get it
+    // from the router's mirror.
+    serving.store(false, Ordering::SeqCst);
+    let _ = std::fs::remove_file(cache_dir("imagegen-cache").join("k3s").join(&pin));
+    let worker_img = d("rpi4-2.img");
+    let said = imagegen(
+        &[
+            "rpi4",
+            "--host",
+            "rpi4-2",
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+            // The server is not running while its workers' images are made.
+            "--no-ca-check",
+            "-o",
+            worker_img.to_str().unwrap(),
+        ],
+        &topology,
+    );
+    assert!(
+        said.contains("not baked in"),
+        "the worker image must not carry k3s:\n{said}"
+    );
+
+    // The switch: the router on the trunk, the worker on an INFRA access port.
+    let switch = Switch::start(vec![
+        PortMode::Trunk(vec![10, 20, 30, 40]),
+        PortMode::Access(10),
+    ]);
+    let mut router =
+        QemuBoot::start_switched(&server_img, 3 << 30, switch.port(0), "52:54:00:a7:00:01");
+    let mut worker =
+        QemuBoot::start_switched(&worker_img, 3 << 30, switch.port(1), "52:54:00:a7:00:02");
+    let boot = Duration::from_secs(420);
+
+    let reached = console_line(
+        &mut worker,
+        "reached: its CA matches the join token",
+        boot,
+        "the worker's agent check",
+    );
+    assert!(reached.contains("https://10.10.10.1:6443"), "{reached}");
+    let fetched = console_line(
+        &mut worker,
+        "fetched and verified",
+        boot,
+        "k3s from the mirror",
+    );
+    println!("worker: {reached}\nworker: {fetched}");
+    let ack = console_line(
+        &mut router,
+        "DHCPACK(eth0.10)",
+        Duration::from_secs(60),
+        "the INFRA lease",
+    );
+    assert!(
+        ack.contains("10.10.10.") && ack.contains("52:54:00:a7:00:02"),
+        "{ack}\n{}",
+        switch.summary()
+    );
+    let got = console_line(
+        &mut router,
+        "GET k3s-arm64",
+        Duration::from_secs(60),
+        "the mirror's log",
+    );
+    assert!(got.contains("10.10.10."), "the mirror served INFRA: {got}");
+    println!("router: {ack}\nrouter: {got}");
+
+    // The cable moved to an IOT port: another VLAN, another lease, and no way to the API.
+    drop(worker);
+    switch.set_access_vlan(1, 40);
+    let mut iot =
+        QemuBoot::start_switched(&worker_img, 3 << 30, switch.port(1), "52:54:00:a7:00:02");
+    let ack = console_line(&mut router, "DHCPACK(eth0.40)", boot, "the IOT lease");
+    assert!(ack.contains("10.10.40."), "{ack}");
+    let refused = console_line(&mut iot, "not reachable", boot, "the API from IOT");
+    assert!(
+        refused.contains("https://10.10.10.1:6443") && refused.contains("timed out")
+            || refused.contains("timeout"),
+        "IOT -> INFRA must be dropped (a timeout, not a refusal): {refused}"
+    );
+    assert!(
+        !iot.log()
+            .iter()
+            .any(|l| l.contains("reached: its CA matches")),
+        "the API answered on IOT:\n{}",
+        iot.tail(60)
+    );
+    println!("router: {ack}\niot worker: {refused}\n{}", switch.summary());
+}

@@ -22,16 +22,18 @@ fn usage(message: impl std::fmt::Display) -> PhoneError {
     PhoneError::Usage(message.to_string())
 }
 
-/// The join token: `--token-file`, `--token-env`, else the topology's `cluster.token` source.
+/// The join token of the phone named `node`: `--token-file`, `--token-env`, else the topology's
+/// source for it (the phone's own `token`, else `cluster.token`).
 pub fn read_token(
     file: Option<&Path>,
     env: Option<&str>,
     topology: Option<&Topology>,
+    node: &str,
 ) -> Result<JoinToken, PhoneError> {
     let source_and_base = match (file, env, topology) {
         (Some(f), _, _) => (SecretSource::File(f.to_owned()), PathBuf::from(".")),
         (None, Some(var), _) => (SecretSource::Env(var.to_owned()), PathBuf::from(".")),
-        (None, None, Some(t)) => (t.cluster.token.clone(), t.base_dir.clone()),
+        (None, None, Some(t)) => (t.token_source(node).clone(), t.base_dir.clone()),
         (None, None, None) => {
             return Err(usage(
                 "no join token: pass --token-file FILE or --token-env VAR (the server's /var/lib/rancher/k3s/server/node-token)",
@@ -89,13 +91,18 @@ pub fn config_for(
 /// without a hash is said as a note.
 pub fn check_server_cas(
     configs: &[NodeConfig],
-    token: &JoinToken,
+    tokens: &[JoinToken],
     progress: &dyn Progress,
 ) -> Result<(), PhoneError> {
-    let mut servers: Vec<&str> = configs.iter().map(|c| c.server.url.as_str()).collect();
-    servers.sort_unstable();
-    servers.dedup();
-    for url in servers {
+    // One check per server and CA hash (phones with their own tokens name the same CA).
+    let mut checks: Vec<(&str, Option<&str>, &JoinToken)> = configs
+        .iter()
+        .zip(tokens)
+        .map(|(c, t)| (c.server.url.as_str(), t.ca_hash(), t))
+        .collect();
+    checks.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    checks.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
+    for (url, _, token) in checks {
         match bootstrap::token::verify_server_ca(url, token).map_err(usage)? {
             CaCheck::Verified => progress.note(format!("{url}: the server's CA matches the token")),
             CaCheck::NoHashInToken => progress.note(

@@ -214,6 +214,18 @@ pub struct K3sPin {
     pub sha256: Option<String>,
     /// Where to fetch it (upstream release URL).
     pub url: Option<String>,
+    /// The release's airgap images archive (`k3s-airgap-images-arm64.tar.zst`), which the
+    /// router's mirror serves beside the binary when pinned.
+    pub airgap: Option<Pinned>,
+}
+
+/// A file pinned by its sha256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    /// Where to fetch it.
+    pub url: String,
+    /// Its sha256, lowercase hex.
+    pub sha256: String,
 }
 
 /// The cluster.
@@ -322,6 +334,8 @@ pub struct Host {
     pub ssh_keys: Vec<String>,
     /// Wi-Fi, for `link = "wifi"`.
     pub wifi: Option<Wifi>,
+    /// Its own join token (a k3s bootstrap token made for it alone), instead of `cluster.token`.
+    pub token: Option<SecretSource>,
     /// Extra node labels.
     pub labels: BTreeMap<String, String>,
     /// Extra node taints.
@@ -354,6 +368,8 @@ pub struct Phone {
     pub address: Address,
     /// The interface k3s uses (`wlan0`).
     pub iface: String,
+    /// Its own join token (a k3s bootstrap token made for it alone), instead of `cluster.token`.
+    pub token: Option<SecretSource>,
     /// Extra labels.
     pub labels: BTreeMap<String, String>,
     /// Extra taints (the phone taint is always added).
@@ -429,7 +445,16 @@ struct RawCluster {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawPinned {
+    url: Spanned<String>,
+    sha256: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawK3s {
+    #[serde(default)]
+    airgap: Option<RawPinned>,
     #[serde(default)]
     version: Option<String>,
     #[serde(default)]
@@ -466,6 +491,8 @@ struct RawHost {
     #[serde(default)]
     wifi: Option<Spanned<RawWifi>>,
     #[serde(default)]
+    token: Option<Spanned<SecretSource>>,
+    #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
     taints: Vec<String>,
@@ -496,6 +523,8 @@ struct RawPhone {
     address: Option<Spanned<String>>,
     #[serde(default)]
     iface: Option<String>,
+    #[serde(default)]
+    token: Option<Spanned<SecretSource>>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     #[serde(default)]
@@ -664,6 +693,7 @@ fn validate_cluster(v: &Validator<'_>, rc: &RawCluster) -> Result<Cluster, Topol
         version: None,
         sha256: None,
         url: None,
+        airgap: None,
     };
     if let Some(rk) = &rc.k3s {
         k3s.version = rk.version.clone();
@@ -687,6 +717,28 @@ fn validate_cluster(v: &Validator<'_>, rc: &RawCluster) -> Result<Cluster, Topol
                 ));
             }
             k3s.url = Some(url.get_ref().clone());
+        }
+        if let Some(a) = &rk.airgap {
+            let sha = a.sha256.get_ref().to_ascii_lowercase();
+            if !is_sha256_hex(&sha) {
+                return Err(ctx.bad(
+                    a.sha256.span(),
+                    "cluster.k3s.airgap.sha256".into(),
+                    "is not 64 hex digits: copy the archive's line of the release's sha256sum-arm64.txt".into(),
+                ));
+            }
+            let url = a.url.get_ref();
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.ends_with('/') {
+                return Err(ctx.bad(
+                    a.url.span(),
+                    "cluster.k3s.airgap.url".into(),
+                    format!("{url:?} is not an http(s) URL of a file"),
+                ));
+            }
+            k3s.airgap = Some(Pinned {
+                url: url.clone(),
+                sha256: sha,
+            });
         }
     }
     let mirror = match &rc.mirror {
@@ -986,7 +1038,19 @@ impl Validator<'_> {
                     "a Wi-Fi host cannot carry tagged VLANs: the SSID maps to the VLAN".into(),
                 ));
             }
+            let token = match &rh.token {
+                Some(t) if rh.role == Role::Server => {
+                    return Err(ctx.bad(
+                        t.span(),
+                        key("token"),
+                        "the server runs with cluster.token; per-node tokens are for agents (k3s token create on the server)".into(),
+                    ));
+                }
+                Some(t) => Some(ctx.secret(t, &key("token"))?),
+                None => None,
+            };
             hosts.push(Host {
+                token,
                 name,
                 board,
                 role: rh.role,
@@ -1047,7 +1111,12 @@ impl Validator<'_> {
                 Some(a) => self.address(a, key("address"), &name, &vlan)?,
                 None => Address::Dhcp,
             };
+            let token = match &rp.token {
+                Some(t) => Some(ctx.secret(t, &key("token"))?),
+                None => None,
+            };
             phones.push(Phone {
+                token,
                 name,
                 serial: rp.serial.as_ref().map(|s| s.get_ref().clone()),
                 vlan: vlan.name.clone(),
@@ -1184,6 +1253,15 @@ impl Topology {
     /// The VLAN named `name`.
     pub fn vlan(&self, name: &str) -> Option<&Vlan> {
         self.vlans.iter().find(|v| v.name == name)
+    }
+
+    /// Where the join token of the host or phone `name` comes from: its own `token` (a bootstrap
+    /// token made for it alone, so it can be revoked alone), else `cluster.token`.
+    pub fn token_source(&self, name: &str) -> &SecretSource {
+        self.host(name)
+            .and_then(|h| h.token.as_ref())
+            .or_else(|| self.phone(name).and_then(|p| p.token.as_ref()))
+            .unwrap_or(&self.cluster.token)
     }
 
     /// The pinned k3s on the lab's mirror (its upstream file name under `cluster.mirror`).
@@ -1357,6 +1435,7 @@ impl NodeConfig {
             vlan: topology.cluster.phone_vlan.clone(),
             address: Address::Dhcp,
             iface: "wlan0".into(),
+            token: None,
             labels: BTreeMap::new(),
             taints: Vec::new(),
             power: Power::default(),

@@ -289,3 +289,54 @@ fn unknown_key_names_its_line() {
     assert!(err.starts_with(&format!("lab.toml:{line}: ")), "{err}");
     assert!(err.contains("taged"), "{err}");
 }
+
+#[test]
+fn a_node_may_have_its_own_token_but_the_server_may_not() {
+    let text = DEFAULT_TOPOLOGY.replace(
+        "name = \"phone-1\"\n",
+        "name = \"phone-1\"\ntoken = { file = \"tokens/phone-1\" }\n",
+    );
+    let t = Topology::from_toml_str(&text, "lab.toml", std::path::Path::new(".")).unwrap();
+    assert_eq!(
+        t.token_source("phone-1"),
+        &bootstrap::token::SecretSource::File("tokens/phone-1".into())
+    );
+    assert_eq!(t.token_source("rpi4-2"), &t.cluster.token);
+    let text = DEFAULT_TOPOLOGY.replace(
+        "role = \"server\"\n",
+        "role = \"server\"\ntoken = { env = \"T\" }\n",
+    );
+    let e = Topology::from_toml_str(&text, "lab.toml", std::path::Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("key `host[0].token`") && e.contains("the server runs with cluster.token"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_airgap_archive_is_pinned_like_the_binary() {
+    let with = |a: &str| {
+        let text =
+            DEFAULT_TOPOLOGY.replace("[cluster.k3s]\n", &format!("[cluster.k3s]\nairgap = {a}\n"));
+        Topology::from_toml_str(&text, "lab.toml", std::path::Path::new("."))
+    };
+    let sha = "ab".repeat(32);
+    let t = with(&format!(
+        "{{ url = \"https://example.org/k3s-airgap-images-arm64.tar.zst\", sha256 = \"{sha}\" }}"
+    ))
+    .unwrap();
+    assert_eq!(t.cluster.k3s.airgap.as_ref().unwrap().sha256, sha);
+    let e = with("{ url = \"https://example.org/a.tar.zst\", sha256 = \"nope\" }")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cluster.k3s.airgap.sha256") && e.contains("64 hex"),
+        "{e}"
+    );
+    let e = with(&format!("{{ url = \"ftp://x/a\", sha256 = \"{sha}\" }}"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cluster.k3s.airgap.url"), "{e}");
+}

@@ -256,15 +256,27 @@ fn root_tree(
     let mut router_notes = Vec::new();
     if let Some(router) = host.router.as_mut() {
         let Some(data) = k3s_data else {
+            let why = match &k3s {
+                K3sSource::FirstBoot(url) => format!(
+                    "the pinned k3s could not be downloaded from {url} (the note above says why)"
+                ),
+                K3sSource::InRootfs => {
+                    "the rootfs already carries a k3s, which is not the pinned download".into()
+                }
+                _ => "no k3s is pinned".into(),
+            };
             return Err(ImageError::HostConfig {
                 host: host.name.clone(),
                 message: format!(
-                    "the pinned k3s could not be fetched ({k3s:?}): the server needs it in its image; check cluster.k3s.url or pass --k3s FILE"
+                    "{why}: the server's image must carry the pinned k3s (it runs it and serves it to the workers); check cluster.k3s.url and the network, or pass --k3s FILE"
                 ),
             });
         };
         let bin = host.node.k3s.bin.to_string_lossy().into_owned();
         router.place_k3s(&mut tree, &bin, &data)?;
+        if let Some(pin) = router.airgap.clone() {
+            router_notes.extend(mirror_airgap(router, &mut tree, &pin, progress)?);
+        }
         let token_hash = opts
             .token
             .as_deref()
@@ -578,6 +590,44 @@ fn add_kernel_bits(
     }
     Ok(())
 }
+
+/// The pinned airgap images archive into the router's mirror, from the download cache or its
+/// URL. One that cannot be fetched leaves a note, not a failed build: the workers then pull
+/// their images from the registries as without it.
+fn mirror_airgap(
+    router: &mut crate::router::RouterPlan,
+    tree: &mut Tree,
+    pin: &bootstrap::topology::Pinned,
+    progress: &dyn Progress,
+) -> Result<Option<String>, ImageError> {
+    let name = pin
+        .url
+        .rsplit('/')
+        .next()
+        .unwrap_or("k3s-airgap-images-arm64.tar.zst")
+        .replace("%2B", "+");
+    let dest = crate::assets::cache_root().join("airgap").join(&pin.sha256);
+    let _ = std::fs::create_dir_all(dest.parent().unwrap());
+    match bootstrap::download::fetch_pinned_capped(
+        &pin.url,
+        &pin.sha256,
+        &dest,
+        AIRGAP_MAX_BYTES,
+        progress,
+    ) {
+        Ok(_) => {
+            let data = std::fs::read(&dest).map_err(io(&dest))?;
+            router.place_file(tree, &name, &data)?;
+            Ok(None)
+        }
+        Err(e) => Ok(Some(format!(
+            "the airgap images archive is not in the mirror ({e}); the workers pull images from the registries"
+        ))),
+    }
+}
+
+/// The most an airgap images archive may be (the arm64 one is a few hundred MB).
+const AIRGAP_MAX_BYTES: u64 = 2 << 30;
 
 fn bake_k3s(
     opts: &BuildOptions,

@@ -27,6 +27,8 @@ pub struct RouterPlan {
     pub mirror_k3s_name: Option<String>,
     /// Where the mirror is served, when the router serves it.
     pub mirror: Option<Mirror>,
+    /// The pinned airgap images archive, served beside k3s when it can be fetched.
+    pub airgap: Option<bootstrap::topology::Pinned>,
 }
 
 /// `/etc/armfleet/router.json`.
@@ -125,6 +127,7 @@ impl RouterPlan {
             },
             mirror_k3s_name,
             mirror: r.mirror.clone(),
+            airgap: r.mirror.as_ref().and(topo.cluster.k3s.airgap.clone()),
         }
     }
 
@@ -199,15 +202,25 @@ impl RouterPlan {
         let Some(name) = self.mirror_k3s_name.clone() else {
             return Ok(());
         };
+        let in_mirror = self.place_file(tree, &name, data)?;
+        tree.add_symlink(k3s_bin.trim_start_matches('/'), &in_mirror)
+    }
+
+    /// Adds `data` to the mirror as `name`; returns its absolute path in the image.
+    pub fn place_file(
+        &mut self,
+        tree: &mut Tree,
+        name: &str,
+        data: &[u8],
+    ) -> Result<String, ImageError> {
         let in_mirror = format!("{MIRROR_DIR}/{name}");
         tree.add_file(in_mirror.trim_start_matches('/'), 0o644, data)?;
-        tree.add_symlink(k3s_bin.trim_start_matches('/'), &in_mirror)?;
         self.summary.mirror.push(MirrorFile {
-            name,
+            name: name.to_owned(),
             size: data.len() as u64,
             sha256: bootstrap::digest::sha256_hex(data),
         });
-        Ok(())
+        Ok(in_mirror)
     }
 
     /// Places the cluster CA from `dir` (k3s' custom CA layout: `server-ca.crt`, `server-ca.key`,

@@ -173,16 +173,18 @@ pub fn plan_from(
         }
         _ => None,
     };
-    let (token, token_note, token_error) =
-        match bootstrap::token::JoinToken::from_source(&topo.cluster.token, &topo.base_dir) {
-            Ok(t) => (
-                Some(format!("{}\n", t.secret().expose()).into_bytes()),
-                None,
-                None,
-            ),
-            Err(e) if e.is_sops() => (None, None, Some(e.to_string())),
-            Err(e) => (None, Some(format!("no join token baked in ({e})")), None),
-        };
+    let (token, token_note, token_error) = match bootstrap::token::JoinToken::from_source(
+        topo.token_source(&h.name),
+        &topo.base_dir,
+    ) {
+        Ok(t) => (
+            Some(format!("{}\n", t.secret().expose()).into_bytes()),
+            None,
+            None,
+        ),
+        Err(e) if e.is_sops() => (None, None, Some(e.to_string())),
+        Err(e) => (None, Some(format!("no join token baked in ({e})")), None),
+    };
     Ok(Planned {
         plan: HostPlan {
             name: h.name.clone(),
@@ -362,5 +364,43 @@ wifi = { ssid = "guest" }
             p.plan.node.server.token_drop.as_deref(),
             Some(Path::new("/boot/firmware/armfleet-token"))
         );
+    }
+
+    #[test]
+    fn a_host_with_its_own_token_gets_that_one_baked() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = format!("K10{}::a1b2c3.0123456789abcdef\n", "ab".repeat(32));
+        std::fs::write(dir.path().join("own.token"), &own).unwrap();
+        let text = TOPO.replace(
+            "name = \"trunk-pi\"\n",
+            "name = \"trunk-pi\"\ntoken = { file = \"own.token\" }\n",
+        );
+        let t = Topology::from_toml_str(&text, "test.toml", dir.path()).unwrap();
+        let p = plan_from(&t, &board("rpi4"), Some("trunk-pi")).unwrap();
+        assert_eq!(
+            p.token.as_deref(),
+            Some(own.as_bytes()),
+            "the host's own token, not the cluster's (unreadable here)"
+        );
+    }
+
+    #[test]
+    fn the_router_host_gets_the_router_plan_and_a_server_node() {
+        let t = Topology::embedded_default();
+        let p = plan_from(&t, &board("rpi4"), Some("rpi4-1")).unwrap();
+        let r = p.plan.router.as_ref().expect("rpi4-1 is the router");
+        assert_eq!(
+            p.plan.node.k3s.role,
+            bootstrap::node_config::K3sRole::Server
+        );
+        assert_eq!(r.mirror_k3s_name.as_deref(), Some("k3s-arm64"));
+        assert!(
+            r.summary
+                .policy
+                .iter()
+                .any(|l| l.starts_with("INFRA -> rpi4-1: tcp/22 tcp/6443"))
+        );
+        let p = plan_from(&t, &board("rpi4"), Some("rpi4-2")).unwrap();
+        assert!(p.plan.router.is_none(), "a worker is not the router");
     }
 }

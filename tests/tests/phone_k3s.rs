@@ -55,7 +55,8 @@ impl Enrolled {
     }
 }
 
-/// Enrolls `profile` from the topology (no --force: the phone passes doctor) and checks the
+/// Enrolls `profile` from the topology (no --force: the phone passes doctor; the phone's own
+/// token from its topology entry) and checks the
 /// worker is healthy with the strict stand-in. With `k3s_from_laptop`, the rootfs carries no k3s
 /// and the topology pins the stand-in at a mirror only the laptop reaches: phonectl must bring it.
 fn enroll_from_topology(profile: &str, k3s_from_laptop: bool) -> Enrolled {
@@ -66,10 +67,18 @@ fn enroll_from_topology(profile: &str, k3s_from_laptop: bool) -> Enrolled {
     adb.connect(&phone);
     let (url, ca_pem) = armfleet_tests::k3s_server::k3s_cacerts_server();
     let hash = hex::encode(sha2::Sha256::digest(ca_pem.as_bytes()));
-    let token = dir.path().join("token");
-    std::fs::write(&token, format!("K10{hash}::server:s3cr3t-phone\n")).unwrap();
+    // The phone's own token, as `k3s token create --description phone-1` prints one: given by
+    // the topology's phone entry (cluster.token, an unset $K3S_TOKEN here, is not used).
+    let token = dir.path().join("phone-1.token");
+    std::fs::write(&token, format!("K10{hash}::a1b2c3.0123456789abcdef\n")).unwrap();
     let mut topology_text =
         std::fs::read_to_string(topology_for(&url, &phone.serial(), dir.path())).unwrap();
+    let entry = "name = \"phone-1\"\n";
+    let at = topology_text.find(entry).unwrap() + entry.len();
+    topology_text.insert_str(
+        at,
+        &format!("token = {{ file = \"{}\" }}\n", token.display()),
+    );
     let rootfs = if k3s_from_laptop {
         let standin = std::fs::read(aarch64_bin("k3s-standin")).unwrap();
         topology_text = set_key(&topology_text, "url", &format!("\"{}\"", mirror(standin)));
@@ -88,9 +97,8 @@ fn enroll_from_topology(profile: &str, k3s_from_laptop: bool) -> Enrolled {
         .arg(&rootfs)
         .arg("--node-runtime")
         .arg(aarch64_bin("node-runtime"))
-        .arg("--token-file")
-        .arg(&token)
         .args(["--wait", "45", "--json"])
+        .env_remove("K3S_TOKEN")
         .env("ARMFLEET_CACHE_DIR", dir.path().join("cache"))
         .env_remove("ANDROID_SERIAL")
         .env("NO_COLOR", "1")

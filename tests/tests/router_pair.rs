@@ -10,9 +10,11 @@
 //!   DNS knows, and the router's mirror logs the GET;
 //! - node-runtime on the worker reaches the server's port 6443 and finds there the CA the join
 //!   token's hash names (the k3s stand-in as `k3s server`, started by node-runtime on the router
-//!   from the CA imagegen placed);
+//!   from the CA imagegen placed), and the agent joins: the CA checked against the token's hash,
+//!   the token's password accepted by the server (both sides say so on their consoles);
 //! - the worker's cable moved to an IOT port: it gets an IOT address, and the server's API is
-//!   not reachable from there (the firewall drops IOT -> INFRA; a drop, so a timeout).
+//!   not reachable from there, nor is the mirror (the firewall drops IOT -> INFRA; a drop, so a
+//!   timeout).
 //!
 //! k3s is the stand-in on both sides (no k3s binary here): what is proven is the network, the
 //! names, the mirror, the CA and the firewall, not Kubernetes.
@@ -28,26 +30,32 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-/// The pinned k3s (the stand-in) over HTTP on 127.0.0.1 while `serving` holds: the laptop's
-/// download at image build time.
-fn pinned_download(body: Vec<u8>, serving: Arc<AtomicBool>) -> String {
+/// Pinned files (`/NAME` → bytes) over HTTP on 127.0.0.1 while `serving` holds: the laptop's
+/// downloads at image build time. Returns the base URL.
+fn pinned_downloads(files: Vec<(&'static str, Vec<u8>)>, serving: Arc<AtomicBool>) -> String {
     use std::io::{BufRead, BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/k3s-arm64", listener.local_addr().unwrap());
+    let url = format!("http://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for mut conn in listener.incoming().flatten() {
             let mut reader = BufReader::new(conn.try_clone().unwrap());
             let mut line = String::new();
+            reader.read_line(&mut line).unwrap_or(0);
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
             while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
                 line.clear();
             }
-            if serving.load(Ordering::SeqCst) {
+            let body = files
+                .iter()
+                .find(|(name, _)| path == format!("/{name}"))
+                .map(|(_, b)| b);
+            if let (true, Some(body)) = (serving.load(Ordering::SeqCst), body) {
                 let _ = write!(
                     conn,
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
                 );
-                let _ = conn.write_all(&body);
+                let _ = conn.write_all(body);
             } else {
                 let _ = write!(
                     conn,
@@ -92,11 +100,26 @@ fn slow_qemu_router_serves_a_worker_on_its_vlans() {
     // time, and the worker rpi4-2 on DHCP (its address comes from the router).
     let standin = std::fs::read(aarch64_bin("k3s-standin")).unwrap();
     let pin = hex::encode(sha2::Sha256::digest(&standin));
+    // An airgap images archive pinned beside it (any bytes: nothing here imports images).
+    let airgap = b"zstd-compressed image tarball stand-in".repeat(1000);
+    let airgap_pin = hex::encode(sha2::Sha256::digest(&airgap));
     let serving = Arc::new(AtomicBool::new(true));
-    let url = pinned_download(standin, serving.clone());
+    let base_url = pinned_downloads(
+        vec![
+            ("k3s-arm64", standin),
+            ("k3s-airgap-images-arm64.tar.zst", airgap.clone()),
+        ],
+        serving.clone(),
+    );
     let base = std::fs::read_to_string(offline_topology()).unwrap();
     let text = set_key(&base, "sha256", &format!("\"{pin}\""));
-    let text = set_key(&text, "url", &format!("\"{url}\""));
+    let text = set_key(
+        &text,
+        "url",
+        &format!(
+            "\"{base_url}/k3s-arm64\"\nairgap = {{ url = \"{base_url}/k3s-airgap-images-arm64.tar.zst\", sha256 = \"{airgap_pin}\" }}"
+        ),
+    );
     let text = text.replace("address = \"10.10.10.12\"", "address = \"dhcp\"");
     let topology = d("lab.toml");
     std::fs::write(&topology, text).unwrap();
@@ -148,6 +171,10 @@ fn slow_qemu_router_serves_a_worker_on_its_vlans() {
             std::fs::metadata(aarch64_bin("k3s-standin")).unwrap().len()
         ),
         &format!("custom, server-ca.crt sha256 {ca_hash}"),
+        &format!(
+            "k3s-airgap-images-arm64.tar.zst  {} bytes  sha256 {airgap_pin}  [ok]",
+            airgap.len()
+        ),
         "policy drop;",
     ] {
         assert!(shown.contains(want), "inspect lacks {want:?}:\n{shown}");
@@ -203,7 +230,25 @@ fn slow_qemu_router_serves_a_worker_on_its_vlans() {
         boot,
         "k3s from the mirror",
     );
-    println!("worker: {reached}\nworker: {fetched}");
+    // The agent (the stand-in, fetched from the mirror) joins: the CA checked against the
+    // token's hash, then the token's password accepted by the server.
+    let joined = console_line(
+        &mut worker,
+        "k3s-standin: agent rpi4-2 joined",
+        boot,
+        "the agent's join",
+    );
+    assert!(
+        joined.contains(&format!("https://10.10.10.1:6443 (CA sha256 {ca_hash})")),
+        "{joined}"
+    );
+    let welcomed = console_line(
+        &mut router,
+        "k3s-standin: server: agent rpi4-2 joined from 10.10.10.",
+        Duration::from_secs(60),
+        "the server's side of the join",
+    );
+    println!("worker: {reached}\nworker: {fetched}\nworker: {joined}\nrouter: {welcomed}");
     let ack = console_line(
         &mut router,
         "DHCPACK(eth0.10)",
@@ -233,16 +278,30 @@ fn slow_qemu_router_serves_a_worker_on_its_vlans() {
     assert!(ack.contains("10.10.40."), "{ack}");
     let refused = console_line(&mut iot, "not reachable", boot, "the API from IOT");
     assert!(
-        refused.contains("https://10.10.10.1:6443") && refused.contains("timed out")
-            || refused.contains("timeout"),
+        refused.contains("https://10.10.10.1:6443")
+            && (refused.contains("timed out") || refused.contains("timeout")),
         "IOT -> INFRA must be dropped (a timeout, not a refusal): {refused}"
+    );
+    // The mirror is INFRA's only: from IOT the worker's k3s download times out too.
+    let no_mirror = console_line(
+        &mut iot,
+        "rpi4-1.lab.home.arpa:8080/k3s-arm64 failed",
+        boot,
+        "the mirror from IOT",
+    );
+    assert!(
+        no_mirror.contains("timed out") || no_mirror.contains("timeout"),
+        "{no_mirror}"
     );
     assert!(
         !iot.log()
             .iter()
-            .any(|l| l.contains("reached: its CA matches")),
+            .any(|l| l.contains("reached: its CA matches") || l.contains("joined")),
         "the API answered on IOT:\n{}",
         iot.tail(60)
     );
-    println!("router: {ack}\niot worker: {refused}\n{}", switch.summary());
+    println!(
+        "router: {ack}\niot worker: {refused}\niot worker: {no_mirror}\n{}",
+        switch.summary()
+    );
 }

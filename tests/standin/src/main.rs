@@ -1,4 +1,5 @@
-//! k3s stand-in: plays the observable behaviour of `k3s agent` (v1.35+, the pinned v1.36.4+k3s1)
+//! k3s stand-in: plays the observable behaviour of `k3s agent` and `k3s server` (v1.35+, the
+//! pinned v1.36.4+k3s1)
 //! for node-runtime's and phonectl's tests, where there is no k3s binary. Installed as
 //! `/usr/local/bin/k3s` in test rootfs trees, or run from the target dir.
 //!
@@ -32,6 +33,12 @@
 //!    from `--kubelet-arg healthz-port=N` (the kubelet's flag; 0: none), default 10248; exits 0 on
 //!    SIGTERM.
 //!
+//! `k3s server` (flags from [`flags::SERVER_FLAGS`]) goes through the same token, cgroup and
+//! kmsg checks, takes the cluster CA from `DATA_DIR/server/tls` (made when absent), refuses a
+//! `K10` token naming another CA, and serves the supervisor port (`--https-listen-port`, 6443):
+//! see [`server`]. An agent whose server answers joins it in the background ([`join`]): the CA
+//! checked against the token's hash, then the token's password; health does not wait for it.
+//!
 //! Every start appends one JSON line to the record file (`<its own path>.runs`, or
 //! `$K3S_STANDIN_RECORD`) once it knows how the start ends: pid, argv, the parsed `flags` and
 //! `positional` arguments, the whole environment, `iptables_mode` (`$IPTABLES_MODE`, which k3s'
@@ -63,6 +70,7 @@
 
 mod checks;
 mod flags;
+mod join;
 mod server;
 
 use checks::{Layout, TokenRead};
@@ -275,6 +283,7 @@ fn main() {
     if token.is_empty() && !cached_cert {
         run.refuse(Refusal::fatal("token", "--token is required"));
     }
+    let mut join_to = None;
     if is_server {
         // The cluster CA (custom when placed before the first start) must be the token's.
         let ca = match server::cluster_ca(&data_dir) {
@@ -330,6 +339,7 @@ fn main() {
             run.refuse(Refusal::fatal("server", "--server is required"));
         };
         log_kv("info", "Connecting to proxy", &[("url", &server)]);
+        join_to = Some(server);
     }
 
     // 4. cgroups, as k3s and then the kubelet look at them.
@@ -405,6 +415,12 @@ fn main() {
     // 6. Running.
     run.set("healthz_port", port);
     run.write(None);
+    if let Some(server) = join_to {
+        let name = parsed
+            .effective("node-name", from_env)
+            .unwrap_or_else(run_hostname);
+        join::start(server, token.clone(), name);
+    }
 
     let lines: usize = get("log_lines").and_then(|v| v.parse().ok()).unwrap_or(0);
     let width: usize = get("log_line_bytes")
@@ -576,6 +592,13 @@ fn on_signal(sig: i32, hang: bool) {
 }
 
 /// One logrus text line on stderr (where k3s logs): `time="..." level=L msg="..."`.
+fn run_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 fn log(level: &str, msg: &str) {
     log_kv(level, msg, &[]);
 }

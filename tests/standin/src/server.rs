@@ -141,11 +141,15 @@ fn answer(
                 .and_then(decode_basic);
             match given {
                 Some((_, p)) if p == password => {
+                    let node = node.as_deref().unwrap_or("?");
                     crate::log_kv(
                         "info",
                         "agent joined",
-                        &[("node", node.as_deref().unwrap_or("?")), ("remote", remote)],
+                        &[("node", node), ("remote", remote)],
                     );
+                    crate::join::kmsg(&format!(
+                        "k3s-standin: server: agent {node} joined from {remote}"
+                    ));
                     ("200 OK", "{\"joined\":true}".into())
                 }
                 _ => ("401 Unauthorized", "Unauthorized".into()),
@@ -161,23 +165,9 @@ fn answer(
     s.flush()
 }
 
-/// `user:password` from a Basic credential (standard base64).
+/// `user:password` from a Basic credential.
 fn decode_basic(b64: &str) -> Option<(String, String)> {
-    const ALPHA: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bits = 0u32;
-    let mut n = 0;
-    let mut out = Vec::new();
-    for c in b64.bytes().filter(|c| *c != b'=') {
-        let v = ALPHA.iter().position(|a| *a == c)? as u32;
-        bits = (bits << 6) | v;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-            bits &= (1 << n) - 1;
-        }
-    }
-    let text = String::from_utf8(out).ok()?;
+    let text = String::from_utf8(crate::join::unbase64(b64)?).ok()?;
     let (u, p) = text.split_once(':')?;
     Some((u.to_owned(), p.to_owned()))
 }

@@ -24,11 +24,18 @@ pub(crate) fn enroll_cmd(port: u16, args: EnrollArgs) -> Result<ExitCode, Failur
         ConfigSource::Topology(t) => Some(t.as_ref()),
         ConfigSource::Given(_) => None,
     };
-    let token = setup::read_token(
-        args.token_file.as_deref(),
-        args.token_env.as_deref(),
-        topology,
-    )?;
+    // A token every phone shares is checked before any phone is looked at.
+    let shared_token = args.token_file.is_some()
+        || args.token_env.is_some()
+        || topology.is_none_or(|t| t.phones().iter().all(|p| p.token.is_none()));
+    if shared_token {
+        setup::read_token(
+            args.token_file.as_deref(),
+            args.token_env.as_deref(),
+            topology,
+            "",
+        )?;
+    }
     let cluster = cluster(&args.ready)?;
     let node_runtime = bootstrap::cache::find_node_runtime(args.node_runtime.as_deref())
         .map_err(Failure::usage)?;
@@ -52,9 +59,21 @@ pub(crate) fn enroll_cmd(port: u16, args: EnrollArgs) -> Result<ExitCode, Failur
         .iter()
         .map(|d| setup::config_for(&source, args.name.as_deref(), d.serial()))
         .collect::<Result<_, _>>()?;
+    // Each phone's own token when the topology gives it one (revocable alone), else the cluster's.
+    let tokens: Vec<bootstrap::token::JoinToken> = configs
+        .iter()
+        .map(|c| {
+            setup::read_token(
+                args.token_file.as_deref(),
+                args.token_env.as_deref(),
+                topology,
+                &c.node.name,
+            )
+        })
+        .collect::<Result<_, _>>()?;
     let mode = Mode::detect(args.json || out::quiet());
     let drawer = Drawer::new(mode);
-    setup::check_server_cas(&configs, &token, &drawer.sink(None))?;
+    setup::check_server_cas(&configs, &tokens, &drawer.sink(None))?;
     let k3s = setup::laptop_k3s(&configs, &drawer.sink(None));
     // The rootfs: the file given (hashed while the phones are probed; each enroll waits for it
     // when it needs it), or the cached build, whose manifest already holds its hashes.
@@ -97,7 +116,8 @@ pub(crate) fn enroll_cmd(port: u16, args: EnrollArgs) -> Result<ExitCode, Failur
         let hs: Vec<_> = ready
             .iter()
             .zip(configs)
-            .map(|(dev, config)| {
+            .zip(&tokens)
+            .map(|((dev, config), token)| {
                 let (drawer, args, token) = (&drawer, &args, token.secret().expose());
                 let rootfs = rootfs.as_path();
                 let cluster = &cluster;

@@ -629,6 +629,27 @@ fn mirror_airgap(
 /// The most an airgap images archive may be (the arm64 one is a few hundred MB).
 const AIRGAP_MAX_BYTES: u64 = 2 << 30;
 
+/// The pinned k3s in the download cache (fetched from `k3s.url` when missing): its path, or why
+/// it cannot be had; `None` when nothing is pinned.
+pub fn fetch_pinned_k3s(
+    node: &bootstrap::NodeConfig,
+    progress: &dyn Progress,
+) -> Option<Result<PathBuf, bootstrap::download::DownloadError>> {
+    let (url, sha) = (node.k3s.url.as_ref()?, node.k3s.sha256.as_ref()?);
+    let dest = crate::assets::cache_root().join("k3s").join(sha);
+    let _ = std::fs::create_dir_all(dest.parent()?);
+    Some(
+        bootstrap::download::fetch_pinned_capped(
+            url,
+            sha,
+            &dest,
+            bootstrap::download::K3S_MAX_BYTES,
+            progress,
+        )
+        .map(|_| dest),
+    )
+}
+
 fn bake_k3s(
     opts: &BuildOptions,
     tree: &mut Tree,
@@ -668,27 +689,20 @@ fn bake_k3s(
     if tree.exists(&bin) {
         return Ok((K3sSource::InRootfs, None));
     }
-    if let (Some(url), Some(sha)) = (&node.k3s.url, &node.k3s.sha256) {
-        let dest = crate::assets::cache_root().join("k3s").join(sha);
-        let _ = std::fs::create_dir_all(dest.parent().unwrap());
-        match bootstrap::download::fetch_pinned_capped(
-            url,
-            sha,
-            &dest,
-            bootstrap::download::K3S_MAX_BYTES,
-            progress,
-        ) {
-            Ok(_) => {
+    if let Some(url) = &node.k3s.url {
+        match fetch_pinned_k3s(node, progress) {
+            Some(Ok(dest)) => {
                 let data = std::fs::read(&dest).map_err(io(&dest))?;
                 tree.add_file(&bin, 0o755, &data)?;
                 return Ok((K3sSource::Downloaded(url.clone()), Some(data)));
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 progress.event(Event::Note(format!(
                     "k3s not baked in ({e}); node-runtime fetches it on first boot"
                 )));
                 return Ok((K3sSource::FirstBoot(url.clone()), None));
             }
+            None => {}
         }
     }
     Ok((K3sSource::Missing, None))

@@ -1516,8 +1516,14 @@ fn errors_unknown_board_host_and_wrong_board() {
         "is a rpi3a in the topology, not a rpi4: run `imagegen rpi3a --host rpi3a-ctl`",
         dir.path(),
     );
+    // The server's image needs the pinned k3s: unreachable here, so it stops before any build.
     let o = imagegen(&["rpi4", "--host", "rpi4-1", "-o", out]);
-    assert_fails_cleanly(&o, 2, "is the k3s server", dir.path());
+    assert_fails_cleanly(
+        &o,
+        2,
+        "the server's image must carry the pinned k3s",
+        dir.path(),
+    );
 }
 
 #[test]

@@ -224,11 +224,25 @@ fn undefined_flag_prints_usage_and_dies_before_touching_anything() {
         "--prefer-bundled-bin",
     ]));
     assert_ne!(s.last_run()["failed_check"], "flags", "{}", describe(&out));
-    // `--help` is urfave's own flag; another command is not the agent.
+    // `--help` is urfave's own flag; `server` has its own flags; other commands are not played.
     let out = s.run(&["agent".into(), "--help".into()]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("NAME:\n   k3s agent"));
-    let out = s.run(&["server".into()]);
+    let out = s.run(&["server".into(), "--help".into()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("NAME:\n   k3s server"));
+    let data = tempfile::tempdir().unwrap();
+    let out = s.run(&[
+        "server".into(),
+        "--flannel-iface=eth0.10".into(),
+        format!("--data-dir={}", data.path().display()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(s.last_run()["failed_check"], "token", "{}", describe(&out));
+    let out = s.run(&["server".into(), "--disable-apiserver-lb".into()]);
+    assert_eq!(out.status.code(), Some(1), "an agent-only flag");
+    assert_eq!(s.last_run()["failed_check"], "flags");
+    let out = s.run(&["etcd-snapshot".into()]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(s.last_run()["failed_check"], "command");
 }

@@ -37,6 +37,18 @@ pub(crate) fn build(boards: &Registry, args: Vec<String>, quiet: bool) -> Result
         .as_deref()
         .map(imagegen::util::parse_size)
         .transpose()?;
+    // The server's image must carry the pinned k3s: say now, not after a rootfs build, when it
+    // cannot be had.
+    if host.node.k3s.role == bootstrap::node_config::K3sRole::Server
+        && a.k3s.is_none()
+        && let Some(Err(e)) = imagegen::build::fetch_pinned_k3s(&host.node, &progress)
+    {
+        progress.finish(false);
+        return Err(Failure::usage(format!(
+            "{}: {e}: the server's image must carry the pinned k3s (it runs it and serves it to the workers); check cluster.k3s.url and the network, or pass --k3s FILE",
+            host.name
+        )));
+    }
     let rootfs = match a.rootfs {
         Some(r) => r,
         None => imagegen::topology::default_rootfs(a.node_runtime.as_deref(), &progress)?,

@@ -192,3 +192,20 @@ impl KubeApi {
         &self.kubeconfig
     }
 }
+
+/// A cluster CA in k3s' custom-CA layout: `server-ca.crt` and `server-ca.key` written into
+/// `dir` (as k3s' generate-custom-ca-certs.sh leaves them for the server's image). Returns the
+/// certificate's PEM, whose sha256 a `K10` token names.
+pub fn custom_ca_dir(dir: &std::path::Path) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "k3s-server-ca@1700000000");
+    let pem = params.self_signed(&key).unwrap().pem();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("server-ca.crt"), &pem).unwrap();
+    std::fs::write(dir.join("server-ca.key"), key.serialize_pem()).unwrap();
+    pem
+}

@@ -143,12 +143,7 @@ fn the_server_image_needs_the_ca_its_token_names() {
 
     // A CA, but not the one the token names.
     let ca = dir.path().join("ca");
-    std::fs::create_dir(&ca).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    std::fs::write(ca.join("server-ca.crt"), p.self_signed(&key).unwrap().pem()).unwrap();
-    std::fs::write(ca.join("server-ca.key"), key.serialize_pem()).unwrap();
+    armfleet_tests::k3s_server::custom_ca_dir(&ca);
     let mut args = base.to_vec();
     args.extend(["--server-ca", ca.to_str().unwrap()]);
     let o = imagegen(&args);

@@ -126,16 +126,7 @@ fn slow_qemu_router_serves_a_worker_on_its_vlans() {
 
     // The cluster CA, made before the server ever runs, and the join token that names it.
     let ca_dir = d("k3s-ca");
-    std::fs::create_dir(&ca_dir).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "k3s-server-ca");
-    let ca_pem = params.self_signed(&key).unwrap().pem();
-    std::fs::write(ca_dir.join("server-ca.crt"), &ca_pem).unwrap();
-    std::fs::write(ca_dir.join("server-ca.key"), key.serialize_pem()).unwrap();
+    let ca_pem = armfleet_tests::k3s_server::custom_ca_dir(&ca_dir);
     let ca_hash = bootstrap::token::hash_ca(ca_pem.as_bytes());
     let token = d("token");
     std::fs::write(&token, format!("K10{ca_hash}::server:pair-proof-secret\n")).unwrap();

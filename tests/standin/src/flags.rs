@@ -105,27 +105,288 @@ use Kind::{Bool, Duration, Int, List, Text};
 pub mod server_flags;
 pub use server_flags::SERVER_FLAGS;
 
+// Flags `k3s agent` and `k3s server` share (k3s defines them once and lists them in both).
+
+/// `--config` (agent and server).
+pub(crate) const CONFIG: Flag = env(
+    default(
+        aliased("config", "c", Text, "(config) Load configuration from FILE"),
+        "/etc/rancher/k3s/config.yaml",
+    ),
+    "K3S_CONFIG_FILE",
+);
+
+/// `--debug` (agent and server).
+pub(crate) const DEBUG: Flag = env(
+    flag("debug", Bool, "(logging) Turn on debug logs"),
+    "K3S_DEBUG",
+);
+
+/// `--v` (agent and server).
+pub(crate) const V: Flag = default(flag("v", Int, "(logging) Log level verbosity"), "0");
+
+/// `--vmodule` (agent and server).
+pub(crate) const VMODULE: Flag = flag("vmodule", Text, "(logging) FILE_PATTERN=LOG_LEVEL list");
+
+/// `--log` (agent and server).
+pub(crate) const LOG: Flag = aliased("log", "l", Text, "(logging) Log to file");
+
+/// `--alsologtostderr` (agent and server).
+pub(crate) const ALSOLOGTOSTDERR: Flag = flag(
+    "alsologtostderr",
+    Bool,
+    "(logging) Also log to standard error",
+);
+
+/// `--node-name` (agent and server).
+pub(crate) const NODE_NAME: Flag = env(
+    flag("node-name", Text, "(agent/node) Node name"),
+    "K3S_NODE_NAME",
+);
+
+/// `--with-node-id` (agent and server).
+pub(crate) const WITH_NODE_ID: Flag = flag(
+    "with-node-id",
+    Bool,
+    "(agent/node) Append an id to the node name",
+);
+
+/// `--node-label` (agent and server).
+pub(crate) const NODE_LABEL: Flag = flag("node-label", List, "(agent/node) Labels at registration");
+
+/// `--node-taint` (agent and server).
+pub(crate) const NODE_TAINT: Flag = flag("node-taint", List, "(agent/node) Taints at registration");
+
+/// `--image-credential-provider-bin-dir` (agent and server).
+pub(crate) const IMAGE_CREDENTIAL_PROVIDER_BIN_DIR: Flag = default(
+    flag(
+        "image-credential-provider-bin-dir",
+        Text,
+        "(agent/node) Credential provider plugins",
+    ),
+    "/var/lib/rancher/credentialprovider/bin",
+);
+
+/// `--image-credential-provider-config` (agent and server).
+pub(crate) const IMAGE_CREDENTIAL_PROVIDER_CONFIG: Flag = default(
+    flag(
+        "image-credential-provider-config",
+        Text,
+        "(agent/node) Credential provider config",
+    ),
+    "/var/lib/rancher/credentialprovider/config.yaml",
+);
+
+/// `--selinux` (agent and server).
+pub(crate) const SELINUX: Flag = env(
+    flag("selinux", Bool, "(agent/node) SELinux in containerd"),
+    "K3S_SELINUX",
+);
+
+/// `--lb-server-port` (agent and server).
+pub(crate) const LB_SERVER_PORT: Flag = env(
+    default(
+        flag(
+            "lb-server-port",
+            Int,
+            "(agent/node) Client load-balancer port",
+        ),
+        "6444",
+    ),
+    "K3S_LB_SERVER_PORT",
+);
+
+/// `--protect-kernel-defaults` (agent and server).
+pub(crate) const PROTECT_KERNEL_DEFAULTS: Flag = flag(
+    "protect-kernel-defaults",
+    Bool,
+    "(agent/node) Refuse other kernel tunables",
+);
+
+/// `--container-runtime-endpoint` (agent and server).
+pub(crate) const CONTAINER_RUNTIME_ENDPOINT: Flag = flag(
+    "container-runtime-endpoint",
+    Text,
+    "(agent/runtime) External CRI socket",
+);
+
+/// `--default-runtime` (agent and server).
+pub(crate) const DEFAULT_RUNTIME: Flag = flag(
+    "default-runtime",
+    Text,
+    "(agent/runtime) containerd default runtime",
+);
+
+/// `--image-service-endpoint` (agent and server).
+pub(crate) const IMAGE_SERVICE_ENDPOINT: Flag = flag(
+    "image-service-endpoint",
+    Text,
+    "(agent/runtime) External image service",
+);
+
+/// `--pause-image` (agent and server).
+pub(crate) const PAUSE_IMAGE: Flag = flag("pause-image", Text, "(agent/runtime) Pause image");
+
+/// `--snapshotter` (agent and server).
+pub(crate) const SNAPSHOTTER: Flag = default(
+    flag(
+        "snapshotter",
+        Text,
+        "(agent/runtime) containerd snapshotter",
+    ),
+    "overlayfs",
+);
+
+/// `--private-registry` (agent and server).
+pub(crate) const PRIVATE_REGISTRY: Flag = default(
+    flag(
+        "private-registry",
+        Text,
+        "(agent/runtime) Registry configuration",
+    ),
+    "/etc/rancher/k3s/registries.yaml",
+);
+
+/// `--disable-default-registry-endpoint` (agent and server).
+pub(crate) const DISABLE_DEFAULT_REGISTRY_ENDPOINT: Flag = flag(
+    "disable-default-registry-endpoint",
+    Bool,
+    "(agent/containerd) No default endpoint fallback",
+);
+
+/// `--nonroot-devices` (agent and server).
+pub(crate) const NONROOT_DEVICES: Flag = flag(
+    "nonroot-devices",
+    Bool,
+    "(agent/containerd) Device access for non-root pods",
+);
+
+/// `--airgap-extra-registry` (agent and server).
+pub(crate) const AIRGAP_EXTRA_REGISTRY: Flag = hidden(flag(
+    "airgap-extra-registry",
+    List,
+    "(agent/runtime) Extra air-gap registry",
+));
+
+/// `--node-ip` (agent and server).
+pub(crate) const NODE_IP: Flag = aliased("node-ip", "i", List, "(agent/networking) Node addresses");
+
+/// `--bind-address` (agent and server).
+pub(crate) const BIND_ADDRESS: Flag = default(
+    flag("bind-address", Text, "(listener) Bind address"),
+    "0.0.0.0",
+);
+
+/// `--node-external-ip` (agent and server).
+pub(crate) const NODE_EXTERNAL_IP: Flag = flag(
+    "node-external-ip",
+    List,
+    "(agent/networking) External addresses",
+);
+
+/// `--node-internal-dns` (agent and server).
+pub(crate) const NODE_INTERNAL_DNS: Flag = flag(
+    "node-internal-dns",
+    List,
+    "(agent/networking) Internal DNS names",
+);
+
+/// `--node-external-dns` (agent and server).
+pub(crate) const NODE_EXTERNAL_DNS: Flag = flag(
+    "node-external-dns",
+    List,
+    "(agent/networking) External DNS names",
+);
+
+/// `--resolv-conf` (agent and server).
+pub(crate) const RESOLV_CONF: Flag = env(
+    flag(
+        "resolv-conf",
+        Text,
+        "(agent/networking) Kubelet resolv.conf",
+    ),
+    "K3S_RESOLV_CONF",
+);
+
+/// `--flannel-iface` (agent and server).
+pub(crate) const FLANNEL_IFACE: Flag = flag(
+    "flannel-iface",
+    Text,
+    "(agent/networking) Flannel interface",
+);
+
+/// `--flannel-conf` (agent and server).
+pub(crate) const FLANNEL_CONF: Flag = flag(
+    "flannel-conf",
+    Text,
+    "(agent/networking) Flannel config file",
+);
+
+/// `--flannel-cni-conf` (agent and server).
+pub(crate) const FLANNEL_CNI_CONF: Flag = flag(
+    "flannel-cni-conf",
+    Text,
+    "(agent/networking) Flannel CNI config file",
+);
+
+/// `--kubelet-arg` (agent and server).
+pub(crate) const KUBELET_ARG: Flag = flag("kubelet-arg", List, "(agent/flags) Kubelet flag");
+
+/// `--kube-proxy-arg` (agent and server).
+pub(crate) const KUBE_PROXY_ARG: Flag =
+    flag("kube-proxy-arg", List, "(agent/flags) kube-proxy flag");
+
+/// `--enable-pprof` (agent and server).
+pub(crate) const ENABLE_PPROF: Flag = flag(
+    "enable-pprof",
+    Bool,
+    "(experimental) pprof on the supervisor port",
+);
+
+/// `--rootless` (agent and server).
+pub(crate) const ROOTLESS: Flag = flag("rootless", Bool, "(experimental) Run rootless");
+
+/// `--prefer-bundled-bin` (agent and server).
+pub(crate) const PREFER_BUNDLED_BIN: Flag = flag(
+    "prefer-bundled-bin",
+    Bool,
+    "(experimental) Prefer bundled binaries",
+);
+
+/// `--docker` (agent and server).
+pub(crate) const DOCKER: Flag = flag("docker", Bool, "(agent/runtime) (experimental) cri-dockerd");
+
+/// `--vpn-auth` (agent and server).
+pub(crate) const VPN_AUTH: Flag = env(
+    flag(
+        "vpn-auth",
+        Text,
+        "(agent/networking) (experimental) VPN credentials",
+    ),
+    "K3S_VPN_AUTH",
+);
+
+/// `--vpn-auth-file` (agent and server).
+pub(crate) const VPN_AUTH_FILE: Flag = env(
+    flag(
+        "vpn-auth-file",
+        Text,
+        "(agent/networking) (experimental) VPN credentials file",
+    ),
+    "K3S_VPN_AUTH_FILE",
+);
+
+/// `--help` (agent and server).
+pub(crate) const HELP: Flag = aliased("help", "h", Bool, "show help");
+
 /// Every flag `k3s agent` defines, in its `Flags:` order, then urfave's own `--help`.
 pub const AGENT_FLAGS: &[Flag] = &[
-    env(
-        default(
-            aliased("config", "c", Text, "(config) Load configuration from FILE"),
-            "/etc/rancher/k3s/config.yaml",
-        ),
-        "K3S_CONFIG_FILE",
-    ),
-    env(
-        flag("debug", Bool, "(logging) Turn on debug logs"),
-        "K3S_DEBUG",
-    ),
-    default(flag("v", Int, "(logging) Log level verbosity"), "0"),
-    flag("vmodule", Text, "(logging) FILE_PATTERN=LOG_LEVEL list"),
-    aliased("log", "l", Text, "(logging) Log to file"),
-    flag(
-        "alsologtostderr",
-        Bool,
-        "(logging) Also log to standard error",
-    ),
+    CONFIG,
+    DEBUG,
+    V,
+    VMODULE,
+    LOG,
+    ALSOLOGTOSTDERR,
     env(aliased("token", "t", Text, "(cluster) Token"), "K3S_TOKEN"),
     env(
         flag("token-file", Text, "(cluster) Token file"),
@@ -142,179 +403,47 @@ pub const AGENT_FLAGS: &[Flag] = &[
         ),
         "K3S_DATA_DIR",
     ),
-    env(
-        flag("node-name", Text, "(agent/node) Node name"),
-        "K3S_NODE_NAME",
-    ),
-    flag(
-        "with-node-id",
-        Bool,
-        "(agent/node) Append an id to the node name",
-    ),
-    flag("node-label", List, "(agent/node) Labels at registration"),
-    flag("node-taint", List, "(agent/node) Taints at registration"),
-    default(
-        flag(
-            "image-credential-provider-bin-dir",
-            Text,
-            "(agent/node) Credential provider plugins",
-        ),
-        "/var/lib/rancher/credentialprovider/bin",
-    ),
-    default(
-        flag(
-            "image-credential-provider-config",
-            Text,
-            "(agent/node) Credential provider config",
-        ),
-        "/var/lib/rancher/credentialprovider/config.yaml",
-    ),
-    env(
-        flag("selinux", Bool, "(agent/node) SELinux in containerd"),
-        "K3S_SELINUX",
-    ),
-    env(
-        default(
-            flag(
-                "lb-server-port",
-                Int,
-                "(agent/node) Client load-balancer port",
-            ),
-            "6444",
-        ),
-        "K3S_LB_SERVER_PORT",
-    ),
-    flag(
-        "protect-kernel-defaults",
-        Bool,
-        "(agent/node) Refuse other kernel tunables",
-    ),
-    flag(
-        "container-runtime-endpoint",
-        Text,
-        "(agent/runtime) External CRI socket",
-    ),
-    flag(
-        "default-runtime",
-        Text,
-        "(agent/runtime) containerd default runtime",
-    ),
-    flag(
-        "image-service-endpoint",
-        Text,
-        "(agent/runtime) External image service",
-    ),
-    flag("pause-image", Text, "(agent/runtime) Pause image"),
-    default(
-        flag(
-            "snapshotter",
-            Text,
-            "(agent/runtime) containerd snapshotter",
-        ),
-        "overlayfs",
-    ),
-    default(
-        flag(
-            "private-registry",
-            Text,
-            "(agent/runtime) Registry configuration",
-        ),
-        "/etc/rancher/k3s/registries.yaml",
-    ),
-    flag(
-        "disable-default-registry-endpoint",
-        Bool,
-        "(agent/containerd) No default endpoint fallback",
-    ),
-    flag(
-        "nonroot-devices",
-        Bool,
-        "(agent/containerd) Device access for non-root pods",
-    ),
-    hidden(flag(
-        "airgap-extra-registry",
-        List,
-        "(agent/runtime) Extra air-gap registry",
-    )),
-    aliased("node-ip", "i", List, "(agent/networking) Node addresses"),
-    default(
-        flag("bind-address", Text, "(listener) Bind address"),
-        "0.0.0.0",
-    ),
-    flag(
-        "node-external-ip",
-        List,
-        "(agent/networking) External addresses",
-    ),
-    flag(
-        "node-internal-dns",
-        List,
-        "(agent/networking) Internal DNS names",
-    ),
-    flag(
-        "node-external-dns",
-        List,
-        "(agent/networking) External DNS names",
-    ),
-    env(
-        flag(
-            "resolv-conf",
-            Text,
-            "(agent/networking) Kubelet resolv.conf",
-        ),
-        "K3S_RESOLV_CONF",
-    ),
-    flag(
-        "flannel-iface",
-        Text,
-        "(agent/networking) Flannel interface",
-    ),
-    flag(
-        "flannel-conf",
-        Text,
-        "(agent/networking) Flannel config file",
-    ),
-    flag(
-        "flannel-cni-conf",
-        Text,
-        "(agent/networking) Flannel CNI config file",
-    ),
-    flag("kubelet-arg", List, "(agent/flags) Kubelet flag"),
-    flag("kube-proxy-arg", List, "(agent/flags) kube-proxy flag"),
-    flag(
-        "enable-pprof",
-        Bool,
-        "(experimental) pprof on the supervisor port",
-    ),
-    flag("rootless", Bool, "(experimental) Run rootless"),
-    flag(
-        "prefer-bundled-bin",
-        Bool,
-        "(experimental) Prefer bundled binaries",
-    ),
-    flag("docker", Bool, "(agent/runtime) (experimental) cri-dockerd"),
-    env(
-        flag(
-            "vpn-auth",
-            Text,
-            "(agent/networking) (experimental) VPN credentials",
-        ),
-        "K3S_VPN_AUTH",
-    ),
-    env(
-        flag(
-            "vpn-auth-file",
-            Text,
-            "(agent/networking) (experimental) VPN credentials file",
-        ),
-        "K3S_VPN_AUTH_FILE",
-    ),
+    NODE_NAME,
+    WITH_NODE_ID,
+    NODE_LABEL,
+    NODE_TAINT,
+    IMAGE_CREDENTIAL_PROVIDER_BIN_DIR,
+    IMAGE_CREDENTIAL_PROVIDER_CONFIG,
+    SELINUX,
+    LB_SERVER_PORT,
+    PROTECT_KERNEL_DEFAULTS,
+    CONTAINER_RUNTIME_ENDPOINT,
+    DEFAULT_RUNTIME,
+    IMAGE_SERVICE_ENDPOINT,
+    PAUSE_IMAGE,
+    SNAPSHOTTER,
+    PRIVATE_REGISTRY,
+    DISABLE_DEFAULT_REGISTRY_ENDPOINT,
+    NONROOT_DEVICES,
+    AIRGAP_EXTRA_REGISTRY,
+    NODE_IP,
+    BIND_ADDRESS,
+    NODE_EXTERNAL_IP,
+    NODE_INTERNAL_DNS,
+    NODE_EXTERNAL_DNS,
+    RESOLV_CONF,
+    FLANNEL_IFACE,
+    FLANNEL_CONF,
+    FLANNEL_CNI_CONF,
+    KUBELET_ARG,
+    KUBE_PROXY_ARG,
+    ENABLE_PPROF,
+    ROOTLESS,
+    PREFER_BUNDLED_BIN,
+    DOCKER,
+    VPN_AUTH,
+    VPN_AUTH_FILE,
     flag(
         "disable-apiserver-lb",
         Bool,
         "(agent/networking) (experimental) No client load-balancer",
     ),
-    aliased("help", "h", Bool, "show help"),
+    HELP,
 ];
 
 /// Why a command line is refused, worded as Go's `flag` package words it.

@@ -21,29 +21,13 @@ use super::{Flag, aliased, default, env, flag, hidden};
 
 /// Every flag `k3s server` defines, in its `Flags:` order, then urfave's own `--help`.
 pub const SERVER_FLAGS: &[Flag] = &[
-    env(
-        default(
-            aliased("config", "c", Text, "(config) Load configuration from FILE"),
-            "/etc/rancher/k3s/config.yaml",
-        ),
-        "K3S_CONFIG_FILE",
-    ),
-    env(
-        flag("debug", Bool, "(logging) Turn on debug logs"),
-        "K3S_DEBUG",
-    ),
-    default(flag("v", Int, "(logging) Log level verbosity"), "0"),
-    flag("vmodule", Text, "(logging) FILE_PATTERN=LOG_LEVEL list"),
-    aliased("log", "l", Text, "(logging) Log to file"),
-    flag(
-        "alsologtostderr",
-        Bool,
-        "(logging) Also log to standard error",
-    ),
-    default(
-        flag("bind-address", Text, "(listener) Bind address"),
-        "0.0.0.0",
-    ),
+    super::CONFIG,
+    super::DEBUG,
+    super::V,
+    super::VMODULE,
+    super::LOG,
+    super::ALSOLOGTOSTDERR,
+    super::BIND_ADDRESS,
     default(
         flag("https-listen-port", Int, "(listener) HTTPS port"),
         "6443",
@@ -403,76 +387,21 @@ pub const SERVER_FLAGS: &[Flag] = &[
         Bool,
         "(experimental/components) Metrics on the supervisor port",
     ),
-    env(
-        flag("node-name", Text, "(agent/node) Node name"),
-        "K3S_NODE_NAME",
-    ),
-    flag(
-        "with-node-id",
-        Bool,
-        "(agent/node) Append an id to the node name",
-    ),
-    flag("node-label", List, "(agent/node) Labels at registration"),
-    flag("node-taint", List, "(agent/node) Taints at registration"),
-    default(
-        flag(
-            "image-credential-provider-bin-dir",
-            Text,
-            "(agent/node) Credential provider plugins",
-        ),
-        "/var/lib/rancher/credentialprovider/bin",
-    ),
-    default(
-        flag(
-            "image-credential-provider-config",
-            Text,
-            "(agent/node) Credential provider config",
-        ),
-        "/var/lib/rancher/credentialprovider/config.yaml",
-    ),
-    flag("docker", Bool, "(agent/runtime) (experimental) cri-dockerd"),
-    flag(
-        "container-runtime-endpoint",
-        Text,
-        "(agent/runtime) External CRI socket",
-    ),
-    flag(
-        "default-runtime",
-        Text,
-        "(agent/runtime) containerd default runtime",
-    ),
-    flag(
-        "image-service-endpoint",
-        Text,
-        "(agent/runtime) External image service",
-    ),
-    flag(
-        "disable-default-registry-endpoint",
-        Bool,
-        "(agent/containerd) No default endpoint fallback",
-    ),
-    flag(
-        "nonroot-devices",
-        Bool,
-        "(agent/containerd) Device access for non-root pods",
-    ),
-    flag("pause-image", Text, "(agent/runtime) Pause image"),
-    default(
-        flag(
-            "snapshotter",
-            Text,
-            "(agent/runtime) containerd snapshotter",
-        ),
-        "overlayfs",
-    ),
-    default(
-        flag(
-            "private-registry",
-            Text,
-            "(agent/runtime) Registry configuration",
-        ),
-        "/etc/rancher/k3s/registries.yaml",
-    ),
+    super::NODE_NAME,
+    super::WITH_NODE_ID,
+    super::NODE_LABEL,
+    super::NODE_TAINT,
+    super::IMAGE_CREDENTIAL_PROVIDER_BIN_DIR,
+    super::IMAGE_CREDENTIAL_PROVIDER_CONFIG,
+    super::DOCKER,
+    super::CONTAINER_RUNTIME_ENDPOINT,
+    super::DEFAULT_RUNTIME,
+    super::IMAGE_SERVICE_ENDPOINT,
+    super::DISABLE_DEFAULT_REGISTRY_ENDPOINT,
+    super::NONROOT_DEVICES,
+    super::PAUSE_IMAGE,
+    super::SNAPSHOTTER,
+    super::PRIVATE_REGISTRY,
     env(
         flag(
             "system-default-registry",
@@ -481,80 +410,23 @@ pub const SERVER_FLAGS: &[Flag] = &[
         ),
         "K3S_SYSTEM_DEFAULT_REGISTRY",
     ),
-    hidden(flag(
-        "airgap-extra-registry",
-        List,
-        "(agent/runtime) Extra air-gap registry",
-    )),
-    aliased("node-ip", "i", List, "(agent/networking) Node addresses"),
-    flag(
-        "node-external-ip",
-        List,
-        "(agent/networking) External addresses",
-    ),
-    flag(
-        "node-internal-dns",
-        List,
-        "(agent/networking) Internal DNS names",
-    ),
-    flag(
-        "node-external-dns",
-        List,
-        "(agent/networking) External DNS names",
-    ),
-    env(
-        flag(
-            "resolv-conf",
-            Text,
-            "(agent/networking) Kubelet resolv.conf",
-        ),
-        "K3S_RESOLV_CONF",
-    ),
-    flag(
-        "flannel-iface",
-        Text,
-        "(agent/networking) Flannel interface",
-    ),
-    flag(
-        "flannel-conf",
-        Text,
-        "(agent/networking) Flannel config file",
-    ),
-    flag(
-        "flannel-cni-conf",
-        Text,
-        "(agent/networking) Flannel CNI config file",
-    ),
-    env(
-        flag(
-            "vpn-auth",
-            Text,
-            "(agent/networking) (experimental) VPN credentials",
-        ),
-        "K3S_VPN_AUTH",
-    ),
-    env(
-        flag(
-            "vpn-auth-file",
-            Text,
-            "(agent/networking) (experimental) VPN credentials file",
-        ),
-        "K3S_VPN_AUTH_FILE",
-    ),
-    flag("kubelet-arg", List, "(agent/flags) Kubelet flag"),
-    flag("kube-proxy-arg", List, "(agent/flags) kube-proxy flag"),
-    flag(
-        "protect-kernel-defaults",
-        Bool,
-        "(agent/node) Refuse other kernel tunables",
-    ),
+    super::AIRGAP_EXTRA_REGISTRY,
+    super::NODE_IP,
+    super::NODE_EXTERNAL_IP,
+    super::NODE_INTERNAL_DNS,
+    super::NODE_EXTERNAL_DNS,
+    super::RESOLV_CONF,
+    super::FLANNEL_IFACE,
+    super::FLANNEL_CONF,
+    super::FLANNEL_CNI_CONF,
+    super::VPN_AUTH,
+    super::VPN_AUTH_FILE,
+    super::KUBELET_ARG,
+    super::KUBE_PROXY_ARG,
+    super::PROTECT_KERNEL_DEFAULTS,
     flag("secrets-encryption", Bool, "Encrypt secrets at rest"),
-    flag(
-        "enable-pprof",
-        Bool,
-        "(experimental) pprof on the supervisor port",
-    ),
-    flag("rootless", Bool, "(experimental) Run rootless"),
+    super::ENABLE_PPROF,
+    super::ROOTLESS,
     default(
         flag(
             "secrets-encryption-provider",
@@ -563,26 +435,9 @@ pub const SERVER_FLAGS: &[Flag] = &[
         ),
         "aescbc",
     ),
-    flag(
-        "prefer-bundled-bin",
-        Bool,
-        "(experimental) Prefer bundled binaries",
-    ),
-    env(
-        flag("selinux", Bool, "(agent/node) SELinux in containerd"),
-        "K3S_SELINUX",
-    ),
-    env(
-        default(
-            flag(
-                "lb-server-port",
-                Int,
-                "(agent/node) Client load-balancer port",
-            ),
-            "6444",
-        ),
-        "K3S_LB_SERVER_PORT",
-    ),
+    super::PREFER_BUNDLED_BIN,
+    super::SELINUX,
+    super::LB_SERVER_PORT,
     hidden(flag("disable-agent", Bool, "Run no local agent or kubelet")),
     hidden(flag(
         "kube-controller-arg",
@@ -594,5 +449,5 @@ pub const SERVER_FLAGS: &[Flag] = &[
         List,
         "(flags) cloud-controller-manager flag (old name)",
     )),
-    aliased("help", "h", Bool, "show help"),
+    super::HELP,
 ];

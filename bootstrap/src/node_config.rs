@@ -144,6 +144,14 @@ impl K3sRole {
     pub fn is_agent(&self) -> bool {
         *self == K3sRole::Agent
     }
+
+    /// The k3s subcommand: `agent` or `server`.
+    pub fn command(&self) -> &'static str {
+        match self {
+            K3sRole::Agent => "agent",
+            K3sRole::Server => "server",
+        }
+    }
 }
 
 /// An ext4 filesystem image holding the k3s data dir.

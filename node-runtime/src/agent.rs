@@ -37,7 +37,7 @@ pub fn agent_args(
     cgroups: CgroupLayout,
 ) -> Vec<String> {
     let server = config.k3s.role == K3sRole::Server;
-    let mut a: Vec<String> = vec![if server { "server" } else { "agent" }.into()];
+    let mut a: Vec<String> = vec![config.k3s.role.command().into()];
     let mut flag = |k: &str, v: String| {
         a.push(k.to_owned());
         a.push(v);

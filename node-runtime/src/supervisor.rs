@@ -243,7 +243,8 @@ fn prepare_and_run(config_path: &Path, ready: &mut Option<OwnedFd>) -> Result<()
         let _ = f.write_all(b"ok\n");
     }
     sup.say(format!(
-        "supervising k3s agent for node {} (node ip {})",
+        "supervising k3s {} for node {} (node ip {})",
+        sup.config.k3s.role.command(),
         sup.config.node.name,
         sup.node_ip
             .map(|i| i.to_string())
@@ -783,7 +784,11 @@ impl Supervisor {
                 {
                     self.say(format!("cannot start the agent's log thread: {e}"));
                 }
-                self.say(format!("started k3s agent, pid {}", child.id()));
+                self.say(format!(
+                    "started k3s {}, pid {}",
+                    self.config.k3s.role.command(),
+                    child.id()
+                ));
                 self.status.state = AgentState::Running;
                 self.status.agent_pid = Some(child.id());
                 self.status.healthy = false;

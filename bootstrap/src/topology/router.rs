@@ -1075,6 +1075,22 @@ mod tests {
         assert!(infra.1.contains("Address=10.10.10.1/24"), "{}", infra.1);
         let trunk = &files[0].1;
         assert!(trunk.contains("VLAN=eth0.40"), "{trunk}");
+        // The modem first, the Ethernet WAN as the fallback; neither holds up the boot.
+        let uplink = |name: &str| {
+            &files
+                .iter()
+                .find(|(n, _)| n == &format!("30-armfleet-uplink-{name}.network"))
+                .unwrap()
+                .1
+        };
+        assert!(
+            uplink("wwan0").contains("RouteMetric=100")
+                && uplink("eth1").contains("RouteMetric=200")
+        );
+        assert!(
+            uplink("wwan0").contains("RequiredForOnline=no")
+                && uplink("eth1").contains("DHCP=ipv4")
+        );
     }
 
     #[test]
@@ -1127,6 +1143,15 @@ mod tests {
         );
         assert!(
             n.contains("oifname { \"wwan0\", \"eth1\" } masquerade"),
+            "{n}"
+        );
+        // The mirror is INFRA's; DHCP and DNS are every VLAN's.
+        assert!(
+            n.contains("iifname \"eth0.10\" tcp dport 8080 accept"),
+            "{n}"
+        );
+        assert!(
+            n.contains("iifname { \"eth0.10\", \"eth0.20\", \"eth0.30\", \"eth0.40\" } udp dport { 53, 67 } accept"),
             "{n}"
         );
         // Nothing lets IOT into INFRA.

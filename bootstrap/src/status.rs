@@ -144,6 +144,9 @@ pub struct Status {
     /// the file itself: only a reader on the worker can tell, never one on a laptop.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisor_running: Option<bool>,
+    /// `server` when the supervised k3s is the server (absent for an agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 impl Status {
@@ -192,8 +195,9 @@ impl Status {
             None => " (not checked whether node-runtime still runs)".to_owned(),
         };
         out.push_str(&format!(
-            "node {}: agent {}{liveness}\n",
+            "node {}: {} {}{liveness}\n",
             self.node_name,
+            self.role.as_deref().unwrap_or("agent"),
             state_word(self.state),
         ));
         if let Some(pid) = self.agent_pid {

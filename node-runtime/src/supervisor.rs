@@ -204,6 +204,7 @@ fn prepare_and_run(config_path: &Path, ready: &mut Option<OwnedFd>) -> Result<()
         iptables: None,
         routing: None,
         supervisor_running: None,
+        role: (!config.k3s.role.is_agent()).then(|| config.k3s.role.command().to_owned()),
     };
     let prepared = prepare(&config, config_path);
     let Prepared {

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 /// The router's part of a host plan.
 #[derive(Debug, Clone)]
 pub struct RouterPlan {
+    /// The router's host name (for messages).
+    pub host: String,
     /// systemd-networkd files (name, text): these replace the host's own.
     pub networkd: Vec<(String, String)>,
     /// dnsmasq.conf.
@@ -107,6 +109,7 @@ impl RouterPlan {
                 .map(|n| n.replace("%2B", "+"))
         });
         RouterPlan {
+            host: r.host.clone(),
             networkd: r.networkd_files(topo),
             dnsmasq: r.dnsmasq_conf(topo),
             nftables: r.nftables_conf(topo),
@@ -233,7 +236,7 @@ impl RouterPlan {
         token_hash: Option<&str>,
     ) -> Result<(), ImageError> {
         let bad = |m: String| ImageError::HostConfig {
-            host: "server".into(),
+            host: self.host.clone(),
             message: m,
         };
         let crt = dir.join("server-ca.crt");

@@ -286,7 +286,12 @@ fn root_tree(
             })
             .and_then(|t| t.ca_hash().map(str::to_owned));
         match (&opts.server_ca, &token_hash) {
-            (Some(dir), _) => router.place_ca(&mut tree, dir, token_hash.as_deref())?,
+            (Some(dir), _) => {
+                let hash = router.place_ca(&mut tree, dir, token_hash.as_deref())?;
+                router_notes.push(format!(
+                    "cluster CA sha256 {hash}: the agents' tokens begin K10{hash}::"
+                ));
+            }
             (None, Some(hash)) => {
                 return Err(ImageError::HostConfig {
                     host: host.name.clone(),

@@ -229,12 +229,13 @@ impl RouterPlan {
     /// Places the cluster CA from `dir` (k3s' custom CA layout: `server-ca.crt`, `server-ca.key`,
     /// and whatever else k3s' generate-custom-ca-certs.sh made) where k3s looks on first start.
     /// `token_hash` is the CA hash the join token names, when it names one: the CA must be it.
+    /// Returns the CA's hash (k3s' hashCA), what agents' `K10` tokens must name.
     pub fn place_ca(
         &mut self,
         tree: &mut Tree,
         dir: &Path,
         token_hash: Option<&str>,
-    ) -> Result<(), ImageError> {
+    ) -> Result<String, ImageError> {
         let bad = |m: String| ImageError::HostConfig {
             host: self.host.clone(),
             message: m,
@@ -271,7 +272,7 @@ impl RouterPlan {
             tree.add_file(&dest, mode, &data)?;
         }
         self.summary.server_ca = format!("custom, server-ca.crt sha256 {hash}");
-        Ok(())
+        Ok(hash)
     }
 
     /// Writes `router.json` (last: it lists what was placed).

@@ -173,7 +173,7 @@ fn get(
 }
 
 /// The DER of each `CERTIFICATE` block of a PEM text.
-fn pem_blocks(pem: &str) -> Vec<Vec<u8>> {
+pub(crate) fn pem_blocks(pem: &str) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut body = String::new();
     let mut inside = false;

@@ -33,10 +33,15 @@ pub fn cluster_ca(data_dir: &Path) -> Result<(String, String), String> {
     Ok((cert.pem(), kp.serialize_pem()))
 }
 
-/// sha256 of the CA bundle as `/cacerts` serves it (the token's hash).
+/// k3s' hashCA of what `/cacerts` serves (the token's hash): sha256 of the PEM text for one
+/// certificate, of the last (root) certificate's DER for a chain.
 pub fn ca_hash(pem: &str) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(pem.as_bytes()))
+    let blocks = crate::join::pem_blocks(pem);
+    match blocks.last() {
+        Some(root) if blocks.len() > 1 => hex::encode(sha2::Sha256::digest(root)),
+        _ => hex::encode(sha2::Sha256::digest(pem.as_bytes())),
+    }
 }
 
 /// The password part of a token (`K10<hash>::<user>:<password>` or a bare passphrase).
@@ -175,6 +180,23 @@ fn decode_basic(b64: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chain_is_hashed_by_its_root_as_k3s_does() {
+        use sha2::Digest;
+        let make = || {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.self_signed(&key).unwrap()
+        };
+        let (a, b) = (make(), make());
+        assert_eq!(
+            ca_hash(&a.pem()),
+            hex::encode(sha2::Sha256::digest(a.pem().as_bytes()))
+        );
+        let chain = format!("{}{}", a.pem(), b.pem());
+        assert_eq!(ca_hash(&chain), hex::encode(sha2::Sha256::digest(b.der())));
+    }
 
     #[test]
     fn tokens_give_their_hash_and_password() {

@@ -40,6 +40,7 @@ pub fn start(server_url: String, token: String, node_name: String) {
                 Err(Failure::Retry(msg)) => {
                     if tries.is_multiple_of(30) {
                         crate::log("error", &msg);
+                        kmsg(&format!("k3s-standin: agent {node_name}: {msg}"));
                     }
                     tries += 1;
                     std::thread::sleep(Duration::from_secs(2));
@@ -320,6 +321,35 @@ mod tests {
         assert!(
             matches!(attempt(&url, &format!("K10{}::server:pw", "0".repeat(64)), "n1"), Err(Failure::Fatal(m)) if m.contains("does not match"))
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_agent_joins_a_server_whose_ca_has_its_own_subject() {
+        // A lab's own CA (`--server-ca`) is not named "k3s-server-ca": the serving certificate
+        // must name it as it names itself, or CA-verified TLS finds no issuer.
+        let dir = std::env::temp_dir().join(format!("standin-join-own-{}", std::process::id()));
+        let tls = dir.join("server/tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "home-lab-ca@1700000000");
+        let pem = params.self_signed(&key).unwrap().pem();
+        std::fs::write(tls.join("server-ca.crt"), &pem).unwrap();
+        std::fs::write(tls.join("server-ca.key"), key.serialize_pem()).unwrap();
+        let ca = crate::server::cluster_ca(&dir).unwrap();
+        assert_eq!(ca.0, pem, "the lab's CA is used as it is");
+        let hash = ca_hash(&pem);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://127.0.0.1:{}", l.local_addr().unwrap().port());
+        crate::server::serve(l, ca, vec!["127.0.0.1".into()], "pw".into()).unwrap();
+        match attempt(&url, &format!("K10{hash}::server:pw"), "n1") {
+            Ok(h) => assert_eq!(h, hash),
+            Err(Failure::Fatal(m) | Failure::Retry(m)) => panic!("no join: {m}"),
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }

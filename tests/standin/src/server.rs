@@ -67,12 +67,10 @@ pub fn serve(
     password: String,
 ) -> Result<(), String> {
     let ca_key = rcgen::KeyPair::from_pem(&ca.1).map_err(|e| format!("server-ca.key: {e}"))?;
-    let mut ca_params =
-        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "k3s-server-ca");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    // The serving certificate names its issuer as the CA file names itself (a lab's own CA has
+    // its own subject); a client's path building matches those names.
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca.0, ca_key)
+        .map_err(|e| format!("server-ca.crt: {e}"))?;
     let leaf_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let leaf = rcgen::CertificateParams::new(names)
         .map_err(|e| e.to_string())?

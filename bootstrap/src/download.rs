@@ -24,6 +24,9 @@ pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
 /// The cap for a k3s binary (k3s-arm64 is about 70 MB).
 pub const K3S_MAX_BYTES: u64 = 256 << 20;
 
+/// The most a k3s airgap images archive may be (the arm64 one is a few hundred MB).
+pub const AIRGAP_MAX_BYTES: u64 = 2 << 30;
+
 /// What [`fetch_pinned`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {

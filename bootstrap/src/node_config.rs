@@ -126,6 +126,32 @@ pub struct K3s {
     /// `k3s agent` (every worker) or `k3s server` (the lab's router).
     #[serde(default, skip_serializing_if = "K3sRole::is_agent")]
     pub role: K3sRole,
+    /// The release's airgap images archive on the lab's mirror: put into
+    /// `<data_dir>/agent/images/` before k3s starts, which imports it instead of pulling the
+    /// system images over the uplink. Best effort: without it k3s pulls them as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub airgap: Option<Airgap>,
+}
+
+/// A pinned archive fetched from one URL (the lab's mirror).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Airgap {
+    /// Where it is served, e.g. `http://rpi4-1.lab.home.arpa:8080/k3s-airgap-images-arm64.tar.zst`.
+    pub url: String,
+    /// Its sha256; anything else is not kept.
+    pub sha256: String,
+}
+
+impl Airgap {
+    /// The archive's file name (the URL's last segment), as k3s finds it in its images dir.
+    pub fn file_name(&self) -> &str {
+        self.url
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty() && *n != "." && *n != "..")
+            .unwrap_or("k3s-airgap-images-arm64.tar.zst")
+    }
 }
 
 /// Which k3s a node runs.
@@ -369,6 +395,7 @@ impl Default for K3s {
             kubelet_args: Vec::new(),
             extra_args: Vec::new(),
             role: K3sRole::Agent,
+            airgap: None,
         }
     }
 }
@@ -503,6 +530,23 @@ impl NodeConfig {
                 && !(url.starts_with("https://") || url.starts_with("http://"))
             {
                 return Err(bad(key, format!("{url:?} is not an http(s) URL")));
+            }
+        }
+        if let Some(a) = &self.k3s.airgap {
+            if !(a.url.starts_with("https://") || a.url.starts_with("http://")) {
+                return Err(bad(
+                    "k3s.airgap.url",
+                    format!("{:?} is not an http(s) URL", a.url),
+                ));
+            }
+            if !is_sha256_hex(&a.sha256) {
+                return Err(bad(
+                    "k3s.airgap.sha256",
+                    format!(
+                        "{:?} is not a sha256: expected 64 lowercase hex digits",
+                        a.sha256
+                    ),
+                ));
             }
         }
         if (self.k3s.url.is_some() || self.k3s.mirror.is_some()) && self.k3s.sha256.is_none() {
@@ -777,6 +821,43 @@ root = "/data/armfleet/rootfs"
         );
         assert!(err.contains("ifcae"), "{err}");
         assert!(!err.contains('\n'), "{err}");
+    }
+
+    #[test]
+    fn airgap_archive_round_trips_and_bad_pins_are_refused() {
+        let with = |a: &str| {
+            NodeConfig::from_toml_str(
+                &PHONE.replace("[k3s]\n", &format!("[k3s]\nairgap = {a}\n")),
+                "n.toml",
+            )
+        };
+        let sha = "0f".repeat(32);
+        let c = with(&format!(
+            "{{ url = \"http://rpi4-1.lab.home.arpa:8080/k3s-airgap-images-arm64.tar.zst\", sha256 = \"{sha}\" }}"
+        ))
+        .unwrap();
+        let a = c.k3s.airgap.as_ref().unwrap();
+        assert_eq!(a.file_name(), "k3s-airgap-images-arm64.tar.zst");
+        assert_eq!(
+            NodeConfig::from_toml_str(&c.to_toml_string(), "again").unwrap(),
+            c
+        );
+        let e = with("{ url = \"http://m/a.tar.zst\", sha256 = \"xyz\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("k3s.airgap.sha256"), "{e}");
+        let e = with(&format!(
+            "{{ url = \"/srv/a.tar.zst\", sha256 = \"{sha}\" }}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("k3s.airgap.url"), "{e}");
+        // A URL ending in a slash or `..` never names a file outside the images dir.
+        let dots = Airgap {
+            url: "http://m/..".into(),
+            sha256: sha.clone(),
+        };
+        assert_eq!(dots.file_name(), "k3s-airgap-images-arm64.tar.zst");
     }
 
     #[test]

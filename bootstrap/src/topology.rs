@@ -1272,6 +1272,17 @@ impl Topology {
         Some(format!("{mirror}/{file}"))
     }
 
+    /// The pinned airgap images archive as the lab's mirror serves it (the router's image puts
+    /// it there under the upstream file name).
+    pub fn airgap_mirror(&self) -> Option<crate::node_config::Airgap> {
+        let pin = self.cluster.k3s.airgap.as_ref()?;
+        let mirror = self.cluster.mirror.as_deref()?;
+        Some(crate::node_config::Airgap {
+            url: format!("{mirror}/{}", airgap_file_name(&pin.url)),
+            sha256: pin.sha256.clone(),
+        })
+    }
+
     /// Where the pinned k3s is fetched from, in order: the lab's mirror, then upstream.
     pub fn k3s_fetch_urls(&self) -> Vec<String> {
         self.k3s_mirror_url()
@@ -1292,6 +1303,7 @@ impl Topology {
             sha256: self.cluster.k3s.sha256.clone(),
             url: self.cluster.k3s.url.clone(),
             mirror: self.k3s_mirror_url(),
+            airgap: self.airgap_mirror(),
             kubelet_args,
             extra_args,
             ..K3s::default()
@@ -1314,6 +1326,19 @@ impl Topology {
         } else {
             vlan.dns.clone()
         }
+    }
+}
+
+/// The name the airgap archive has in the router's mirror: the upstream URL's last segment.
+pub fn airgap_file_name(url: &str) -> String {
+    match url
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .replace("%2B", "+")
+    {
+        f if f.is_empty() || f == "." || f == ".." => "k3s-airgap-images-arm64.tar.zst".to_owned(),
+        f => f,
     }
 }
 
@@ -1366,6 +1391,11 @@ impl NodeConfig {
                 role: match host.role {
                     Role::Server => K3sRole::Server,
                     Role::Agent => K3sRole::Agent,
+                },
+                // The server's image has the archive in its own images dir (from its mirror).
+                airgap: match host.role {
+                    Role::Server => None,
+                    Role::Agent => topology.airgap_mirror(),
                 },
                 ..topology.k3s_section(&host.args)
             },

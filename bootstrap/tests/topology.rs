@@ -328,6 +328,39 @@ fn an_airgap_archive_is_pinned_like_the_binary() {
     ))
     .unwrap();
     assert_eq!(t.cluster.k3s.airgap.as_ref().unwrap().sha256, sha);
+    // Workers take it from the router's mirror; the server has it in its own image.
+    let worker = NodeConfig::for_host(&t, "rpi4-2").unwrap();
+    let airgap = worker.k3s.airgap.as_ref().unwrap();
+    assert_eq!(
+        airgap.url,
+        "http://rpi4-1.lab.home.arpa:8080/k3s-airgap-images-arm64.tar.zst"
+    );
+    assert_eq!(airgap.sha256, sha);
+    assert_eq!(
+        NodeConfig::for_phone(&t, "phone-1").unwrap().k3s.airgap,
+        worker.k3s.airgap
+    );
+    assert_eq!(NodeConfig::for_host(&t, "rpi4-1").unwrap().k3s.airgap, None);
+    // No mirror, nothing to fetch it from on the LAN: the workers pull images as before.
+    let no_mirror = Topology::from_toml_str(
+        &DEFAULT_TOPOLOGY
+            .replace("[cluster.k3s]\n", &format!("[cluster.k3s]\nairgap = {{ url = \"https://example.org/a.tar.zst\", sha256 = \"{sha}\" }}\n"))
+            .lines()
+            .filter(|l| !l.starts_with("mirror ="))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        "lab.toml",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    assert_eq!(no_mirror.cluster.mirror, None);
+    assert_eq!(
+        NodeConfig::for_host(&no_mirror, "rpi4-2")
+            .unwrap()
+            .k3s
+            .airgap,
+        None
+    );
     let e = with("{ url = \"https://example.org/a.tar.zst\", sha256 = \"nope\" }")
         .unwrap_err()
         .to_string();

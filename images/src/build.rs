@@ -275,7 +275,13 @@ fn root_tree(
         let bin = host.node.k3s.bin.to_string_lossy().into_owned();
         router.place_k3s(&mut tree, &bin, &data)?;
         if let Some(pin) = router.airgap.clone() {
-            router_notes.extend(mirror_airgap(router, &mut tree, &pin, progress)?);
+            router_notes.extend(mirror_airgap(
+                router,
+                &mut tree,
+                &pin,
+                &host.node.k3s.data_dir,
+                progress,
+            )?);
         }
         let token_hash = opts
             .token
@@ -603,26 +609,25 @@ fn mirror_airgap(
     router: &mut crate::router::RouterPlan,
     tree: &mut Tree,
     pin: &bootstrap::topology::Pinned,
+    data_dir: &Path,
     progress: &dyn Progress,
 ) -> Result<Option<String>, ImageError> {
-    let name = pin
-        .url
-        .rsplit('/')
-        .next()
-        .unwrap_or("k3s-airgap-images-arm64.tar.zst")
-        .replace("%2B", "+");
+    let name = bootstrap::topology::airgap_file_name(&pin.url);
     let dest = crate::assets::cache_root().join("airgap").join(&pin.sha256);
     let _ = std::fs::create_dir_all(dest.parent().unwrap());
     match bootstrap::download::fetch_pinned_capped(
         &pin.url,
         &pin.sha256,
         &dest,
-        AIRGAP_MAX_BYTES,
+        bootstrap::download::AIRGAP_MAX_BYTES,
         progress,
     ) {
         Ok(_) => {
             let data = std::fs::read(&dest).map_err(io(&dest))?;
-            router.place_file(tree, &name, &data)?;
+            let in_mirror = router.place_file(tree, &name, &data)?;
+            // The server's own k3s imports it from its images dir at start, as the agents do.
+            let images = data_dir.join("agent/images").join(&name);
+            tree.add_symlink(images.to_string_lossy().trim_start_matches('/'), &in_mirror)?;
             Ok(None)
         }
         Err(e) => Ok(Some(format!(
@@ -630,9 +635,6 @@ fn mirror_airgap(
         ))),
     }
 }
-
-/// The most an airgap images archive may be (the arm64 one is a few hundred MB).
-const AIRGAP_MAX_BYTES: u64 = 2 << 30;
 
 /// The pinned k3s in the download cache (fetched from `k3s.url` when missing): its path, or why
 /// it cannot be had; `None` when nothing is pinned.

@@ -105,3 +105,43 @@ pub fn ensure_k3s(
         }
     }
 }
+
+/// Puts the pinned airgap images archive into k3s' images dir (`<data_dir>/agent/images/`,
+/// a path valid where we run now) from the lab's mirror, so that k3s imports the system images
+/// at start instead of pulling them over the uplink. Best effort: returns what to tell the
+/// user, and a failure only means k3s pulls the images as it would without the archive.
+pub fn ensure_airgap(config: &NodeConfig, progress: &dyn Progress) -> Option<String> {
+    let airgap = config.k3s.airgap.as_ref()?;
+    let dest = config
+        .k3s
+        .data_dir
+        .join("agent/images")
+        .join(airgap.file_name());
+    if let Some(dir) = dest.parent()
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        return Some(format!(
+            "airgap images not placed ({}: {e}); k3s pulls the images it needs",
+            dir.display()
+        ));
+    }
+    match bootstrap::download::fetch_pinned_capped(
+        &airgap.url,
+        &airgap.sha256,
+        &dest,
+        bootstrap::download::AIRGAP_MAX_BYTES,
+        progress,
+    ) {
+        Ok(f) if f.already_present => None,
+        Ok(f) => Some(format!(
+            "airgap images {} fetched from {} ({} bytes{}): k3s imports them at start",
+            dest.display(),
+            airgap.url,
+            f.size,
+            if f.resumed { ", resumed" } else { "" }
+        )),
+        Err(e) => Some(format!(
+            "airgap images not fetched ({e}); k3s pulls the images it needs"
+        )),
+    }
+}

@@ -457,6 +457,9 @@ impl Supervisor {
         if k3sbin::ensure_k3s(&self.config, &bin, &progress)? {
             self.say(format!("k3s binary {} fetched and verified", bin.display()));
         }
+        if let Some(note) = k3sbin::ensure_airgap(&self.config, &progress) {
+            self.say(note);
+        }
         if self.config.chroot.is_none()
             && let Some(text) = agent::resolv_conf_text(&self.config)
         {

@@ -689,6 +689,62 @@ fn mirror_serving_another_file_is_refused_and_nothing_replaced() {
 }
 
 #[test]
+fn airgap_images_are_fetched_into_k3s_images_dir_once() {
+    let archive = b"airgap images archive stand-in ".repeat(4000);
+    let sha = sha256_hex(&archive);
+    let m = mirror(archive.clone(), None);
+    let url = m
+        .url
+        .replace("/k3s-arm64", "/k3s-airgap-images-arm64.tar.zst");
+    let mut node = Node::new();
+    node.k3s_keys = format!("airgap = {{ url = \"{url}\", sha256 = \"{sha}\" }}\n");
+    let placed = node.path("k3s-data/agent/images/k3s-airgap-images-arm64.tar.zst");
+    for run in 1..=2 {
+        let mut rt = KillOnDrop(node.spawn_run());
+        node.wait_runs(run, T);
+        signal(rt.0.id(), Signal::SIGTERM);
+        assert!(wait_exit(&mut rt.0, T).success());
+        // In place, whole and verified, before k3s started; fetched by the first start only.
+        assert_eq!(std::fs::read(&placed).unwrap(), archive);
+        assert_eq!(m.requests.lock().unwrap().len(), 1);
+        let said = node.stderr();
+        assert_eq!(
+            said.contains(&format!(
+                "airgap images {} fetched from {url}",
+                placed.display()
+            )),
+            run == 1,
+            "{said}"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_airgap_archive_does_not_hold_k3s_back() {
+    let port = armfleet_tests::standin::free_port();
+    let url = format!("http://127.0.0.1:{port}/k3s-airgap-images-arm64.tar.zst");
+    let mut node = Node::new();
+    node.k3s_keys = format!(
+        "airgap = {{ url = \"{url}\", sha256 = \"{}\" }}\n",
+        "c".repeat(64)
+    );
+    let mut rt = KillOnDrop(node.spawn_run());
+    node.wait_runs(1, T);
+    signal(rt.0.id(), Signal::SIGTERM);
+    assert!(wait_exit(&mut rt.0, T).success());
+    let err = node.stderr();
+    assert!(
+        err.contains("airgap images not fetched") && err.contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(
+        !node
+            .path("k3s-data/agent/images/k3s-airgap-images-arm64.tar.zst")
+            .exists()
+    );
+}
+
+#[test]
 fn unreachable_mirror_is_one_clear_line() {
     let port = armfleet_tests::standin::free_port();
     let node = fetch_node(&format!("http://127.0.0.1:{port}/k3s"), &"a".repeat(64));

@@ -80,6 +80,43 @@ fn imagegen(args: &[&str], topology: &Path) -> String {
     text
 }
 
+/// `debugfs -R CMD` on the image's root filesystem (partition 2), copied out to `scratch`.
+fn root_fs_debugfs(image: &Path, scratch: &Path, cmd: &str) -> String {
+    let o = Command::new("sfdisk")
+        .arg("--json")
+        .arg(image)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let root = &json["partitiontable"]["partitions"][1];
+    let (start, size) = (
+        root["start"].as_u64().unwrap(),
+        root["size"].as_u64().unwrap(),
+    );
+    let dd = Command::new("dd")
+        .arg(format!("if={}", image.display()))
+        .arg(format!("of={}", scratch.display()))
+        .args([
+            "bs=512",
+            "conv=sparse",
+            "status=none",
+            "iflag=count_bytes,skip_bytes",
+        ])
+        .arg(format!("skip={}", start * 512))
+        .arg(format!("count={}", size * 512))
+        .status()
+        .unwrap();
+    assert!(dd.success());
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(cmd)
+        .arg(scratch)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(scratch);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A line already on the console or the next one with `needle`.
 fn console_line(vm: &mut QemuBoot, needle: &str, timeout: Duration, what: &str) -> String {
     if let Some(l) = vm.log().iter().find(|l| l.contains(needle)) {
@@ -171,6 +208,18 @@ fn slow_qemu_router_serves_a_worker_on_its_vlans() {
         assert!(shown.contains(want), "inspect lacks {want:?}:\n{shown}");
     }
 
+    // The server's own k3s finds the archive in its images dir: a link to the mirror's copy.
+    let link = root_fs_debugfs(
+        &server_img,
+        &d("server-root.ext4"),
+        "stat /var/lib/rancher/k3s/agent/images/k3s-airgap-images-arm64.tar.zst",
+    );
+    assert!(
+        link.contains("Type: symlink")
+            && link.contains("/var/lib/armfleet/mirror/k3s-airgap-images-arm64.tar.zst"),
+        "{link}"
+    );
+
     // The worker's image, made while the laptop cannot download k3s: the worker must get it
     // from the router's mirror.
     serving.store(false, Ordering::SeqCst);
@@ -233,13 +282,27 @@ fn slow_qemu_router_serves_a_worker_on_its_vlans() {
         joined.contains(&format!("https://10.10.10.1:6443 (CA sha256 {ca_hash})")),
         "{joined}"
     );
+    let airgap_fetched = console_line(
+        &mut worker,
+        "airgap images",
+        boot,
+        "the airgap archive from the mirror",
+    );
+    assert!(
+        airgap_fetched.contains(
+            "fetched from http://rpi4-1.lab.home.arpa:8080/k3s-airgap-images-arm64.tar.zst"
+        ),
+        "{airgap_fetched}"
+    );
     let welcomed = console_line(
         &mut router,
         "k3s-standin: server: agent rpi4-2 joined from 10.10.10.",
         Duration::from_secs(60),
         "the server's side of the join",
     );
-    println!("worker: {reached}\nworker: {fetched}\nworker: {joined}\nrouter: {welcomed}");
+    println!(
+        "worker: {reached}\nworker: {fetched}\nworker: {airgap_fetched}\nworker: {joined}\nrouter: {welcomed}"
+    );
     let ack = console_line(
         &mut router,
         "DHCPACK(eth0.10)",
@@ -258,7 +321,14 @@ fn slow_qemu_router_serves_a_worker_on_its_vlans() {
         "the mirror's log",
     );
     assert!(got.contains("10.10.10."), "the mirror served INFRA: {got}");
-    println!("router: {ack}\nrouter: {got}");
+    let got_airgap = console_line(
+        &mut router,
+        "GET k3s-airgap-images-arm64.tar.zst",
+        Duration::from_secs(60),
+        "the mirror's log of the airgap archive",
+    );
+    assert!(got_airgap.contains("10.10.10."), "{got_airgap}");
+    println!("router: {ack}\nrouter: {got}\nrouter: {got_airgap}");
 
     // The cable moved to an IOT port: another VLAN, another lease, and no way to the API.
     drop(worker);

@@ -1134,7 +1134,137 @@ impl Validator<'_> {
     }
 }
 
+/// Under the router's policy, every node can reach the k3s API (else its agent never joins) and
+/// flannel's VXLAN port of the nodes on other VLANs (else their pods cannot talk): a node put on
+/// a VLAN the rules keep away from the cluster is refused here, at its `vlan` key, rather than
+/// found later as an agent that never joins.
+fn nodes_reach_the_cluster(
+    ctx: &Ctx<'_>,
+    raw: &RawTopology,
+    topo: &Topology,
+    r: &Router,
+) -> Result<(), TopologyError> {
+    use router::{FLANNEL_VXLAN_PORT, Proto};
+    let Some((api, api_port)) = topo.api_endpoint() else {
+        // A server named by a name the topology cannot place: nothing to judge it by.
+        return Ok(());
+    };
+    // (name, VLAN, address, where its VLAN is set, key): every node but the router, which is on
+    // every VLAN.
+    let mut nodes = Vec::new();
+    for (i, rh) in raw.host.iter().enumerate() {
+        if let Some(h) = topo.host(rh.name.get_ref())
+            && h.name != r.host
+        {
+            let at = (rh.vlan.span(), format!("host[{i}].vlan"));
+            nodes.push((h.name.as_str(), h.vlan.as_str(), h.address, at));
+        }
+    }
+    for (i, rp) in raw.phone.iter().enumerate() {
+        if let Some(p) = topo.phone(rp.name.get_ref()) {
+            let span = rp.vlan.as_ref().map_or(rp.name.span(), |v| v.span());
+            nodes.push((
+                p.name.as_str(),
+                p.vlan.as_str(),
+                p.address,
+                (span, format!("phone[{i}].vlan")),
+            ));
+        }
+    }
+    let api_vlan = topo
+        .vlans
+        .iter()
+        .find(|v| v.subnet.contains(api))
+        .map_or("the API's VLAN".to_owned(), |v| format!("VLAN {}", v.name));
+    for (name, vlan, address, (span, key)) in &nodes {
+        if *address == Address::Static(api) {
+            continue;
+        }
+        if !r.allows(topo, vlan, api, Proto::Tcp, api_port) {
+            return Err(ctx.bad(
+                span.clone(),
+                key.clone(),
+                format!(
+                    "{name} is on VLAN {vlan}, and no [[router.allow]] lets {vlan} reach the k3s API ({api} tcp/{api_port}): its agent could never join. Allow it (from = \"{vlan}\", to = \"{}\", ports = [\"tcp/{api_port}\"]) or put {name} on {api_vlan}",
+                    r.host
+                ),
+            ));
+        }
+    }
+    if let Some(pv) = &raw.cluster.phone_vlan {
+        let vlan = &topo.cluster.phone_vlan;
+        if !r.allows(topo, vlan, api, Proto::Tcp, api_port) {
+            return Err(ctx.bad(
+                pv.span(),
+                "cluster.phone_vlan".into(),
+                format!(
+                    "phones enrolled without an entry join VLAN {vlan}, and no [[router.allow]] lets {vlan} reach the k3s API ({api} tcp/{api_port}): their agents could never join. Allow it or choose another VLAN"
+                ),
+            ));
+        }
+    }
+    // Pods on nodes of different VLANs meet through the router: flannel's VXLAN must pass both
+    // ways. A node on DHCP is represented by the first address of its VLAN's pool.
+    for (a, a_vlan, _, (span, key)) in &nodes {
+        for (b, b_vlan, b_address, _) in &nodes {
+            if a_vlan == b_vlan {
+                continue;
+            }
+            let dest = match b_address {
+                Address::Static(ip) => *ip,
+                Address::Dhcp => match r.dhcp.get(*b_vlan).copied().flatten() {
+                    Some((first, _)) => first,
+                    None => continue,
+                },
+            };
+            if !r.allows(topo, a_vlan, dest, Proto::Udp, FLANNEL_VXLAN_PORT) {
+                return Err(ctx.bad(
+                    span.clone(),
+                    key.clone(),
+                    format!(
+                        "{a} (VLAN {a_vlan}) and {b} (VLAN {b_vlan}) are both nodes, but no [[router.allow]] lets {a_vlan} reach {b_vlan} on udp/{FLANNEL_VXLAN_PORT} (flannel's VXLAN): their pods could not reach each other. Allow udp/{FLANNEL_VXLAN_PORT} between the two VLANs both ways, or put the nodes on one VLAN"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Topology {
+    /// The k3s API's address and port, from `cluster.server`: an IP address, or the name of a
+    /// host with a fixed address (its first label; the search domain may follow). `None` when
+    /// the name is none of the topology's.
+    pub fn api_endpoint(&self) -> Option<(IpAddr, u16)> {
+        let rest = self.cluster.server.split_once("://")?.1;
+        let authority = rest.split('/').next()?;
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (h, after) = v6.split_once(']')?;
+                (h, after.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            },
+        };
+        let port = match port {
+            Some(p) => p.parse().ok()?,
+            None => 443,
+        };
+        let ip = match host.parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => {
+                let short = host.split('.').next()?;
+                match self.host(short).map(|h| h.address) {
+                    Some(Address::Static(ip)) => ip,
+                    _ => return None,
+                }
+            }
+        };
+        Some((ip, port))
+    }
+
     /// The embedded default lab.
     pub fn embedded_default() -> Topology {
         Topology::from_toml_str(
@@ -1204,7 +1334,9 @@ impl Topology {
             router: None,
         };
         if let Some(raw_router) = &raw.router {
-            topology.router = Some(router::validate(&ctx, raw_router, &topology)?);
+            let r = router::validate(&ctx, raw_router, &topology)?;
+            nodes_reach_the_cluster(&ctx, &raw, &topology, &r)?;
+            topology.router = Some(r);
         }
         // Every entry must make a valid node.toml; say so now rather than at enroll time.
         for h in &topology.hosts {

@@ -623,8 +623,7 @@ fn mirror_airgap(
         progress,
     ) {
         Ok(_) => {
-            let data = std::fs::read(&dest).map_err(io(&dest))?;
-            let in_mirror = router.place_file(tree, &name, &data)?;
+            let in_mirror = router.place_verified_file(tree, &name, &dest, &pin.sha256)?;
             // The server's own k3s imports it from its images dir at start, as the agents do.
             let images = data_dir.join("agent/images").join(&name);
             tree.add_symlink(images.to_string_lossy().trim_start_matches('/'), &in_mirror)?;

@@ -377,6 +377,19 @@ impl Tree {
         self.add(path, Kind::File, Some(Content::Bytes(data.to_vec())), meta)
     }
 
+    /// Adds (or replaces) a file owned by root whose bytes are the host file `src`, read while
+    /// the image is written rather than held in memory (mirror archives are hundreds of MiB).
+    pub fn add_host_file(&mut self, path: &str, perm: u32, src: &Path) -> Result<(), ImageError> {
+        let len = std::fs::metadata(src).map_err(io(src))?.len();
+        let meta = self.root_meta(0o100000, perm);
+        self.add(
+            path,
+            Kind::File,
+            Some(Content::Host(src.to_owned(), len)),
+            meta,
+        )
+    }
+
     /// Adds a directory owned by root (an existing one keeps its contents).
     pub fn add_dir(&mut self, path: &str, perm: u32) -> Result<(), ImageError> {
         let meta = self.root_meta(0o040000, perm);

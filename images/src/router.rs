@@ -226,6 +226,27 @@ impl RouterPlan {
         Ok(in_mirror)
     }
 
+    /// Adds the host file `src` to the mirror as `name`, streamed into the image; `sha256` is
+    /// its verified pin (the download checked it, so it is not hashed again). Returns its
+    /// absolute path in the image.
+    pub fn place_verified_file(
+        &mut self,
+        tree: &mut Tree,
+        name: &str,
+        src: &Path,
+        sha256: &str,
+    ) -> Result<String, ImageError> {
+        let in_mirror = format!("{MIRROR_DIR}/{name}");
+        tree.add_host_file(in_mirror.trim_start_matches('/'), 0o644, src)?;
+        let size = std::fs::metadata(src).map_err(io(src))?.len();
+        self.summary.mirror.push(MirrorFile {
+            name: name.to_owned(),
+            size,
+            sha256: sha256.to_owned(),
+        });
+        Ok(in_mirror)
+    }
+
     /// Places the cluster CA from `dir` (k3s' custom CA layout: `server-ca.crt`, `server-ca.key`,
     /// and whatever else k3s' generate-custom-ca-certs.sh made) where k3s looks on first start.
     /// `token_hash` is the CA hash the join token names, when it names one: the CA must be it.

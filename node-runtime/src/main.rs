@@ -153,8 +153,6 @@ fn fail(class: ExitClass, e: impl std::fmt::Display) -> Failure {
 }
 
 fn main() -> ExitCode {
-    // Before any thread exists: signals are taken with sigtimedwait by the supervisor.
-    node_runtime::supervisor::block_signals();
     let cli = Cli::parse();
     // The supervisor's lines are the worker's journal: shown from `info` on.
     armfleet_cli::logging::init_with_default(if cli.quiet {
@@ -171,6 +169,10 @@ fn dispatch(cmd: Cmd) -> Result<u8, Failure> {
     use node_runtime::*;
     match cmd {
         Cmd::Run { config, detach } => {
+            // Before any thread exists: the supervisor takes its signals with sigtimedwait. Only
+            // here: the other commands (the mirror above all, stopped by systemd with SIGTERM)
+            // keep the default dispositions.
+            supervisor::block_signals();
             if detach {
                 let pid = daemon::detach(&config).map_err(|e| fail(e.exit_class(), e))?;
                 out::println(&format!(

@@ -58,3 +58,29 @@ hz=$(getconf CLK_TCK)
 awk -v d="$((t1 - t0))" -v b="$((s1 - s0))" -v hz="$hz" 'BEGIN { printf "bench: node-runtime: supervisor CPU over 10 s idle: %.3f s (baseline: sleep(1) %.3f s, ratio %s)\n", d/hz, b/hz, (b > 0 ? sprintf("%.2f", d/b) : "n/a (baseline 0)") }'
 kill "$sl" 2>/dev/null || true
 kill -TERM "$pid"; wait "$pid" || true
+
+# 4. The router's artifact mirror: a 256 MiB file (k3s-arm64 is ~70 MiB, the airgap archive
+# more) fetched over 127.0.0.1 with curl, best of 3, against Python's http.server serving the
+# same directory; and the mirror's resident memory after serving it.
+command -v curl >/dev/null || { echo "bench: node-runtime: mirror: needs curl (apt-get install curl)"; exit 1; }
+mdir="$work/mirror"; mkdir -p "$mdir"
+head -c $((256 << 20)) /dev/urandom >"$mdir/blob"
+mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+bport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$nr" mirror --quiet --dir "$mdir" --listen "127.0.0.1:$mport" & mpid=$!
+(cd "$mdir" && exec python3 -m http.server --bind 127.0.0.1 "$bport" >/dev/null 2>&1) & bpid=$!
+for p in "$mport" "$bport"; do
+  for _ in $(seq 100); do curl -sfI "http://127.0.0.1:$p/blob" >/dev/null && break; sleep 0.1; done
+done
+best() {
+  local url=$1 b=999999 t
+  for _ in 1 2 3; do
+    t=$(curl -sf -o /dev/null -w '%{time_total}' "$url")
+    b=$(awk -v a="$t" -v b="$b" 'BEGIN { print (a < b ? a : b) }')
+  done
+  echo "$b"
+}
+t_m=$(best "http://127.0.0.1:$mport/blob"); t_b=$(best "http://127.0.0.1:$bport/blob")
+awk -v m="$t_m" -v b="$t_b" 'BEGIN { printf "bench: node-runtime: mirror serves 256 MiB over 127.0.0.1: %.3f s, %.0f MiB/s (baseline: python3 http.server %.3f s, ratio %.2f)\n", m, 256/m, b, m/b }'
+awk -v a="$(rss "$mpid")" 'BEGIN { printf "bench: node-runtime: mirror RSS after serving 3 x 256 MiB: %.2f MiB (baseline: goal <= 8 MiB, ratio %.2f)\n", a/1024, a/1024/8 }'
+kill "$mpid" "$bpid" 2>/dev/null || true

@@ -6,6 +6,7 @@ pub mod examples;
 pub mod fixtures;
 pub mod k3s_server;
 pub mod lab;
+pub mod netns;
 pub mod qemu;
 pub mod standin;
 pub mod util;

@@ -176,12 +176,7 @@ dir = "{d}/log"
 
     /// The stand-in's run records (one JSON object per start).
     pub fn runs(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.path("k3s.runs")).unwrap_or_default();
-        // Only complete lines: the stand-in may be writing the next one right now.
-        text.split_inclusive('\n')
-            .filter(|l| l.ends_with('\n'))
-            .map(|l| serde_json::from_str(l).expect("record line"))
-            .collect()
+        run_records(&self.path("k3s.runs"))
     }
 
     /// Waits until at least `n` runs are recorded; returns them.
@@ -284,4 +279,14 @@ impl Drop for KillOnDrop {
             let _ = self.0.wait();
         }
     }
+}
+
+/// The stand-in's run records in `path` (one JSON object per start; none when the file is
+/// missing). Only complete lines: the stand-in may be writing the next one right now.
+pub fn run_records(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: {e}: {l}", path.display())))
+        .collect()
 }

@@ -133,11 +133,7 @@ iface = "lo"
     }
 
     fn runs(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.path("k3s.runs"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("record line"))
-            .collect()
+        armfleet_tests::standin::run_records(&self.path("k3s.runs"))
     }
 
     fn last_run(&self) -> serde_json::Value {

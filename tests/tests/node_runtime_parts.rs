@@ -3,6 +3,7 @@
 //! k3s fetch from a local HTTP mirror, the battery policy over a fake power_supply dir, each bad
 //! input of the issue, and the phone chroot as root into a busybox aarch64 rootfs.
 
+use armfleet_tests::netns::NetNs;
 use armfleet_tests::standin::{KillOnDrop, Node, alive, set_mode, signal, wait_exit, wait_for};
 use armfleet_tests::util::{aarch64_bin, skip_for_missing, workspace_root};
 use bootstrap::digest::sha256_hex;
@@ -1120,9 +1121,9 @@ fn phone_chroot_mounts_inside_only_and_nothing_leaks() {
         "stand-in start in the chroot",
         Duration::from_secs(60),
         || {
-            let t = std::fs::read_to_string(&runs_file).ok()?;
-            let l = t.lines().next()?;
-            Some(serde_json::from_str(l).unwrap())
+            armfleet_tests::standin::run_records(&runs_file)
+                .into_iter()
+                .next()
         },
     );
     let mounts: Vec<&str> = run["mounts"]
@@ -1316,55 +1317,9 @@ fn unpack_bytes_leaves_the_rest_of_stdin_to_write_files() {
 
 // ---------------------------------------------------------------- policy routing
 
-/// A network namespace made by the test, deleted with it.
-struct NetNs(String);
-
-impl NetNs {
-    fn new() -> NetNs {
-        let name = format!("armfleet-rt-{}", std::process::id());
-        // A namespace left by a killed run of this test under the same pid.
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status();
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
-        NetNs(name)
-    }
-
-    fn ip(&self, args: &str) -> String {
-        let out = Command::new("ip")
-            .arg("-n")
-            .arg(&self.0)
-            .args(args.split_whitespace())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip -n {} {args}: {}",
-            self.0,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn rules(&self) -> String {
-        self.ip("-4 rule show")
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The phone's rule listing, in a namespace made by the test.
+fn rule_list(ns: &NetNs) -> String {
+    ns.ip("-4 rule show")
 }
 
 /// Loads netd's rules (a real phone's listing, as the virtual phone has them) into `ns`, with a `wlan0` whose
@@ -1401,14 +1356,7 @@ fn android_network(ns: &NetNs) {
     }
     ns.ip("addr add 10.42.0.1/24 dev cni0");
     // A node forwards (k3s turns it on; Android does for tethering).
-    run_ok(Command::new("ip").args([
-        "netns",
-        "exec",
-        &ns.0,
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_forward=1",
-    ]));
+    ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
     ns.ip("route add 10.42.1.0/24 dev flannel.1");
 }
 
@@ -1420,14 +1368,14 @@ fn policy_rules_for_the_agent_live_beside_netds_and_leave_with_it() {
     if !nix::unistd::Uid::effective().is_root() && skip_for_missing("root (network namespaces)") {
         return;
     }
-    let ns = NetNs::new();
+    let ns = NetNs::new("rt");
     android_network(&ns);
-    let netd_rules = ns.rules();
+    let netd_rules = rule_list(&ns);
     // On an Android rule set, forwarded pod traffic has nowhere to go.
     let before = Command::new("ip")
         .args([
             "-n",
-            &ns.0,
+            ns.name(),
             "route",
             "get",
             "1.1.1.1",
@@ -1450,7 +1398,7 @@ fn policy_rules_for_the_agent_live_beside_netds_and_leave_with_it() {
     let mut rt = KillOnDrop(
         // nsenter, not `ip netns exec`: that also remounts /sys, hiding the cgroup mounts.
         Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.0))
+            .arg(format!("--net={}", ns.path()))
             .arg(aarch64_bin("node-runtime"))
             .args(["run", "--config"])
             .arg(&config)
@@ -1469,7 +1417,7 @@ fn policy_rules_for_the_agent_live_beside_netds_and_leave_with_it() {
     });
     let routing = st.routing.unwrap();
     assert_eq!(routing.uplink_table.as_deref(), Some("1030"));
-    let rules = ns.rules();
+    let rules = rule_list(&ns);
     for want in [
         "6090:\tfrom all to 10.42.0.0/16 lookup main",
         "6090:\tfrom all to 10.43.0.0/16 lookup main",
@@ -1489,7 +1437,7 @@ fn policy_rules_for_the_agent_live_beside_netds_and_leave_with_it() {
     // netd rewrites its rules when the network changes: a lost rule comes back at the next tick.
     ns.ip("rule del pref 6100 iif cni0 lookup 1030");
     wait_for("the egress rule put back", T, || {
-        ns.rules()
+        rule_list(&ns)
             .contains("6100:\tfrom all iif cni0 lookup 1030")
             .then_some(())
     });
@@ -1500,16 +1448,16 @@ fn policy_rules_for_the_agent_live_beside_netds_and_leave_with_it() {
     ns.ip("rule add pref 31000 fwmark 0x0/0xffff iif lo lookup 1021");
     let moved = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(200));
-        ns.rules().contains("6100:\tfrom all iif cni0 lookup 1021")
+        rule_list(&ns).contains("6100:\tfrom all iif cni0 lookup 1021")
     });
     assert!(
         moved,
         "egress did not move to 1021:\n{}\nnode-runtime:\n{}\nstatus: {:?}",
-        ns.rules(),
+        rule_list(&ns),
         node.stderr(),
         node.status().map(|s| s.routing)
     );
-    assert!(!ns.rules().contains("6100:\tfrom all iif cni0 lookup 1030"));
+    assert!(!rule_list(&ns).contains("6100:\tfrom all iif cni0 lookup 1030"));
     ns.ip("rule del pref 31000 fwmark 0x0/0xffff iif lo lookup 1021");
     ns.ip("rule add pref 31000 fwmark 0x0/0xffff iif lo lookup 1030");
     ns.ip("rule add pref 17000 iif lo oif wlan0 lookup 1030");
@@ -1517,7 +1465,7 @@ fn policy_rules_for_the_agent_live_beside_netds_and_leave_with_it() {
 
     signal(rt.0.id(), Signal::SIGTERM);
     assert!(wait_exit(&mut rt.0, T).success(), "{}", node.stderr());
-    let after = ns.rules();
+    let after = rule_list(&ns);
     let sorted = |t: &str| {
         let mut v: Vec<String> = t.lines().map(str::to_owned).collect();
         v.sort();
@@ -1528,4 +1476,37 @@ fn policy_rules_for_the_agent_live_beside_netds_and_leave_with_it() {
         sorted(&netd_rules),
         "netd's rules as they were, ours gone"
     );
+}
+
+/// The router's mirror as systemd runs it: serves a file of its directory, and a stop (SIGTERM)
+/// ends it at once rather than after systemd's 90 s and a SIGKILL.
+#[test]
+fn the_mirror_serves_its_directory_and_stops_on_sigterm() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("k3s-arm64"), b"pinned bytes").unwrap();
+    let port = armfleet_tests::standin::free_port();
+    let mut mirror = KillOnDrop(
+        Command::new(aarch64_bin("node-runtime"))
+            .args(["mirror", "--quiet", "--dir"])
+            .arg(dir.path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .spawn()
+            .unwrap(),
+    );
+    let answer = wait_for("the mirror answers", T, || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.write_all(b"GET /k3s-arm64 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        Some(text)
+    });
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("pinned bytes"),
+        "{answer}"
+    );
+    signal(mirror.0.id(), Signal::SIGTERM);
+    let status = wait_exit(&mut mirror.0, Duration::from_secs(10));
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
 }

@@ -43,15 +43,12 @@ impl Enrolled {
     }
 
     fn runs(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(
-            self.phone
+        armfleet_tests::standin::run_records(
+            &self
+                .phone
                 .root()
                 .join("data/armfleet/rootfs/usr/local/bin/k3s.runs"),
         )
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
     }
 }
 

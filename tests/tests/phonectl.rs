@@ -186,15 +186,11 @@ fn mode(p: &Path) -> u32 {
 
 /// The k3s stand-in's run records on the phone (one JSON line per agent start).
 fn standin_runs(phone: &VirtualPhone) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(
-        phone
+    armfleet_tests::standin::run_records(
+        &phone
             .root()
             .join("data/armfleet/rootfs/usr/local/bin/k3s.runs"),
     )
-    .unwrap_or_default()
-    .lines()
-    .filter_map(|l| serde_json::from_str(l).ok())
-    .collect()
 }
 
 fn flag(run: &serde_json::Value, name: &str) -> Option<String> {

@@ -152,3 +152,151 @@ fn the_server_image_needs_the_ca_its_token_names() {
     assert!(said.contains("agents would refuse this server"), "{said}");
     assert!(!out.exists(), "nothing written on a refusal");
 }
+
+/// The generated ruleset judged by the kernel on real traffic: a router namespace with one
+/// interface per VLAN (named as on the router, `eth0.<id>`) and the uplink, a namespace per VLAN
+/// behind it and one for "the internet"; TCP and UDP probes from each VLAN, each expected to be
+/// answered (and by whom it was seen to come), refused by the router's own stack (let through,
+/// nothing listens) or met with silence (dropped).
+#[test]
+fn the_firewall_decides_real_traffic_between_the_vlans() {
+    use armfleet_tests::netns::{
+        NetNs, Reach, probe_tcp, probe_udp, tcp_echo_source, udp_echo_source,
+    };
+    use bootstrap::topology::router::Proto;
+    use std::net::{IpAddr, SocketAddr};
+    use std::time::Duration;
+
+    let lab = busy_lab();
+    let router = lab.router.as_ref().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nftables.conf");
+    std::fs::write(&conf, router.nftables_conf(&lab)).unwrap();
+
+    let r = NetNs::new("fw-router");
+    r.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    // One namespace per VLAN: its interface on the router named as on the real router, the
+    // VLAN's gateway address there, one client address (INFRA's are rpi4-2's and the MQTT
+    // broker the busy lab lets IOT reach).
+    let mut vlans = Vec::new();
+    for vlan in &lab.vlans {
+        let ns = NetNs::new(&format!("fw-{}", vlan.name.to_lowercase()));
+        let iface = bootstrap::topology::router::vlan_iface(vlan);
+        r.link(&iface, &ns, "eth0");
+        let gw = vlan.gateway.expect("every VLAN has a gateway");
+        let prefix = vlan.subnet.prefix;
+        r.ip(&format!("addr add {gw}/{prefix} dev {iface}"));
+        let clients: Vec<String> = if vlan.name == "INFRA" {
+            vec!["10.10.10.12".into(), "10.10.10.20".into()]
+        } else {
+            vec![format!("10.10.{}.50", vlan.id)]
+        };
+        for c in &clients {
+            ns.ip(&format!("addr add {c}/{prefix} dev eth0"));
+        }
+        ns.ip(&format!("route add default via {gw}"));
+        vlans.push((vlan.name.clone(), ns));
+    }
+    // The uplink: the router's first uplink interface, and beyond it a host with no route back
+    // to the VLANs, so only masquerading brings its answers home.
+    let wan = NetNs::new("fw-wan");
+    let uplink = &router.uplinks[0].iface;
+    r.link(uplink, &wan, "eth0");
+    r.ip(&format!("addr add 198.51.100.2/24 dev {uplink}"));
+    r.ip(&format!("route add default via 198.51.100.1 dev {uplink}"));
+    wan.ip("addr add 198.51.100.1/24 dev eth0");
+
+    r.exec("nft", &["-f", conf.to_str().unwrap()]);
+
+    let ns = |name: &str| &vlans.iter().find(|(n, _)| n == name).unwrap().1;
+    let at = |a: &str| -> SocketAddr { a.parse().unwrap() };
+    for port in [22, 80, 443, 8050] {
+        tcp_echo_source(ns("INFRA"), at(&format!("10.10.10.12:{port}")));
+    }
+    for port in [22, 1883] {
+        tcp_echo_source(ns("INFRA"), at(&format!("10.10.10.20:{port}")));
+    }
+    udp_echo_source(ns("INFRA"), at("10.10.10.20:5683"));
+    tcp_echo_source(ns("PRO"), at("10.10.20.50:443"));
+    tcp_echo_source(ns("IOT"), at("10.10.40.50:8123"));
+    tcp_echo_source(&wan, at("198.51.100.1:443"));
+
+    let seen = |a: &str| Reach::Answered(a.parse::<IpAddr>().unwrap());
+    let (tcp, udp) = (true, false);
+    #[rustfmt::skip]
+    let cases: Vec<(&str, bool, &str, Reach, &str)> = vec![
+        // The internet, through the uplink, masqueraded.
+        ("INFRA", tcp, "198.51.100.1:443", seen("198.51.100.2"), "rule 2: INFRA -> internet"),
+        ("PRO",   tcp, "198.51.100.1:443", seen("198.51.100.2"), "rule 3: PRO -> internet"),
+        ("IOT",   tcp, "198.51.100.1:443", Reach::Silent,        "IOT has no way out"),
+        // Between VLANs: routed, not NATed, only what a rule names.
+        ("PRO",   tcp, "10.10.10.12:443",  seen("10.10.20.50"),  "rule 5: PRO -> INFRA tcp/443"),
+        ("PRO",   tcp, "10.10.10.12:8050", seen("10.10.20.50"),  "busy rule: PRO -> rpi4-2 tcp/8000-8100"),
+        ("PRO",   tcp, "10.10.10.12:22",   Reach::Silent,        "PRO has no SSH into INFRA"),
+        ("PERSO", tcp, "10.10.10.12:80",   seen("10.10.30.50"),  "rule 6: PERSO -> INFRA tcp/80"),
+        ("PERSO", tcp, "10.10.10.12:8050", Reach::Silent,        "rpi4-2's 8000-8100 are PRO's only"),
+        ("PERSO", tcp, "10.10.20.50:443",  Reach::Silent,        "PERSO and PRO do not meet"),
+        ("IOT",   tcp, "10.10.10.20:1883", seen("10.10.40.50"),  "busy rule: IOT -> broker tcp/1883"),
+        ("IOT",   udp, "10.10.10.20:5683", seen("10.10.40.50"),  "busy rule: IOT -> broker udp/5683-5684"),
+        ("IOT",   tcp, "10.10.10.20:22",   Reach::Silent,        "only the listed ports on the broker"),
+        ("IOT",   tcp, "10.10.10.12:443",  Reach::Silent,        "IOT -> INFRA is denied"),
+        // INFRA may open IOT (busy rule), and the answers come back although IOT -> INFRA is denied.
+        ("INFRA", tcp, "10.10.40.50:8123", seen("10.10.10.12"),  "busy rule: INFRA -> 10.10.40.0/24"),
+        // The router itself (input chain): let through = refused by its stack, nobody listens.
+        ("INFRA", tcp, "10.10.10.1:6443",  Reach::Refused,       "rule 1: INFRA -> the k3s API"),
+        ("INFRA", tcp, "10.10.10.1:22",    Reach::Refused,       "rule 1: INFRA -> SSH"),
+        ("INFRA", tcp, "10.10.10.1:8080",  Reach::Refused,       "the mirror, on INFRA"),
+        ("PRO",   tcp, "10.10.20.1:8080",  Reach::Silent,        "the mirror is INFRA's only"),
+        ("IOT",   tcp, "10.10.40.1:6443",  Reach::Silent,        "IOT never reaches the API"),
+        ("IOT",   tcp, "10.10.10.1:6443",  Reach::Silent,        "nor through INFRA's gateway address"),
+        ("PRO",   tcp, "10.10.20.1:22",    Reach::Silent,        "SSH to the router is INFRA's only"),
+        ("IOT",   udp, "10.10.40.1:53",    Reach::Refused,       "DNS on every VLAN"),
+        ("IOT",   tcp, "10.10.40.1:53",    Reach::Refused,       "DNS over TCP on every VLAN"),
+    ];
+    // All at once: a dropped probe costs its whole wait.
+    let wait = Duration::from_secs(2);
+    let outcomes: Vec<Reach> = std::thread::scope(|s| {
+        let handles: Vec<_> = cases
+            .iter()
+            .map(|(from, is_tcp, dest, _, _)| {
+                let from = ns(from);
+                let dest = at(dest);
+                s.spawn(move || {
+                    if *is_tcp {
+                        probe_tcp(from, dest, wait)
+                    } else {
+                        probe_udp(from, dest, wait)
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let wrong: Vec<String> = cases
+        .iter()
+        .zip(&outcomes)
+        .filter(|((_, _, _, want, _), got)| want != *got)
+        .map(|((from, is_tcp, dest, want, why), got)| {
+            let proto = if *is_tcp { "tcp" } else { "udp" };
+            format!("{from} -> {dest}/{proto} ({why}): expected {want:?}, got {got:?}")
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{}\n\nruleset:\n{}",
+        wrong.join("\n"),
+        r.exec("nft", &["list", "ruleset"])
+    );
+    // The policy as the topology validation reads it (`Router::allows`, which refuses a node the
+    // rules keep from the API) gives the kernel's verdict on every probe.
+    for ((from, is_tcp, dest, _, why), got) in cases.iter().zip(&outcomes) {
+        let dest = at(dest);
+        let proto = if *is_tcp { Proto::Tcp } else { Proto::Udp };
+        let passed = *got != Reach::Silent;
+        assert_eq!(
+            router.allows(&lab, from, dest.ip(), proto, dest.port()),
+            passed,
+            "{from} -> {dest} ({why}): the kernel let it through: {passed}"
+        );
+    }
+}

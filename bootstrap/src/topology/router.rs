@@ -638,6 +638,16 @@ fn mirror_place(topo: &Topology, router: &super::Host, own: &Vlan) -> Option<Mir
 
 // ---- what it turns into ----
 
+/// flannel's VXLAN port: pod traffic between nodes.
+pub const FLANNEL_VXLAN_PORT: u16 = 8472;
+/// The kubelet's port (logs, exec, metrics from the server).
+pub const KUBELET_PORT: u16 = 10250;
+
+/// A single-address subnet (`/32`, `/128`).
+fn is_one_address(subnet: &Subnet) -> bool {
+    subnet.prefix >= if subnet.addr.is_ipv4() { 32 } else { 128 }
+}
+
 /// The VLAN interface of `vlan` on the trunk.
 pub fn vlan_iface(vlan: &Vlan) -> String {
     format!("{TRUNK}.{}", vlan.id)
@@ -685,10 +695,73 @@ impl Router {
             .filter(|h| h.name != self.host)
             .map(|h| h.vlan.clone())
             .chain(topo.phones().iter().map(|p| p.vlan.clone()))
+            // Phones without an entry enroll there.
+            .chain([topo.cluster.phone_vlan.clone()])
             .collect();
         v.sort();
         v.dedup();
         v
+    }
+
+    /// Whether the policy lets a new connection from VLAN `from` reach `dest` on `proto`/`port`:
+    /// the verdict of the ruleset `nftables_conf` writes, read from the data (so validation can
+    /// ask it, and tests can hold it against the kernel's). Traffic inside a VLAN is switched and
+    /// never meets the router.
+    pub fn allows(
+        &self,
+        topo: &Topology,
+        from: &str,
+        dest: IpAddr,
+        proto: Proto,
+        port: u16,
+    ) -> bool {
+        let Some(from_vlan) = topo.vlan(from) else {
+            return false;
+        };
+        let router_owns = |ip: IpAddr| topo.vlans.iter().any(|v| v.gateway == Some(ip));
+        if !router_owns(dest) && from_vlan.subnet.contains(dest) {
+            return true;
+        }
+        let ports_allow = |r: &Rule| {
+            r.ports.is_empty()
+                || r.ports
+                    .iter()
+                    .any(|p| p.proto == proto && (p.first..=p.last).contains(&port))
+        };
+        let rules = self.allow.iter().filter(|r| r.from == from);
+        if router_owns(dest) {
+            // The input chain: what every VLAN gets, then the rules aimed at the router.
+            let implied = match proto {
+                Proto::Udp => port == 53 || port == 67,
+                Proto::Tcp => port == 53,
+            } || self
+                .mirror
+                .as_ref()
+                .is_some_and(|m| m.vlan == from && proto == Proto::Tcp && port == m.port)
+                || (self.node_vlans(topo).iter().any(|v| v == from)
+                    && matches!(
+                        (proto, port),
+                        (Proto::Udp, FLANNEL_VXLAN_PORT) | (Proto::Tcp, KUBELET_PORT)
+                    ));
+            return implied
+                || rules.filter(|r| ports_allow(r)).any(|r| match &r.to {
+                    Target::Router => true,
+                    Target::Address { subnet, .. } => {
+                        subnet.addr == dest && router_owns(subnet.addr) && is_one_address(subnet)
+                    }
+                    _ => false,
+                });
+        }
+        // The forward chain.
+        let in_a_vlan = topo.vlans.iter().any(|v| v.subnet.contains(dest));
+        rules.filter(|r| ports_allow(r)).any(|r| match &r.to {
+            Target::Internet => !in_a_vlan,
+            Target::Router => false,
+            Target::Vlan(v) => topo.vlan(v).is_some_and(|v| v.subnet.contains(dest)),
+            Target::Address { subnet, .. } => {
+                !(router_owns(subnet.addr) && is_one_address(subnet)) && subnet.contains(dest)
+            }
+        })
     }
 
     /// systemd-networkd files: the trunk with one VLAN device per VLAN, each holding the
@@ -918,11 +991,11 @@ impl Router {
         let nodes: Vec<String> = self.node_vlans(topo).iter().map(|v| iface_of(v)).collect();
         if !nodes.is_empty() {
             input.push(format!(
-                "iifname {} udp dport 8472 accept comment \"k3s: flannel VXLAN from the nodes\"",
+                "iifname {} udp dport {FLANNEL_VXLAN_PORT} accept comment \"k3s: flannel VXLAN from the nodes\"",
                 set(&nodes)
             ));
             input.push(format!(
-                "iifname {} tcp dport 10250 accept comment \"k3s: kubelet\"",
+                "iifname {} tcp dport {KUBELET_PORT} accept comment \"k3s: kubelet\"",
                 set(&nodes)
             ));
         }
@@ -955,10 +1028,8 @@ impl Router {
                 Target::Address { subnet, .. } => {
                     let fam = if subnet.addr.is_ipv4() { "ip" } else { "ip6" };
                     // An address of the router itself is the input chain's business.
-                    let router_owns = topo
-                        .vlans
-                        .iter()
-                        .any(|v| v.gateway == Some(subnet.addr) && subnet.prefix >= 32);
+                    let router_owns = is_one_address(subnet)
+                        && topo.vlans.iter().any(|v| v.gateway == Some(subnet.addr));
                     if router_owns {
                         (&mut input, format!(" {fam} daddr {subnet}"))
                     } else {
@@ -1204,6 +1275,81 @@ mod tests {
         let t = with("[router.dhcp]\nIOT = \"off\"").unwrap();
         let c = t.router.as_ref().unwrap().dnsmasq_conf(&t);
         assert!(!c.contains("set:iot"), "{c}");
+    }
+
+    #[test]
+    fn a_node_the_rules_keep_from_the_cluster_is_refused_at_its_vlan() {
+        // A phone on PERSO: PERSO may not reach the API.
+        let phone = "[[phone]]\nname = \"phone-2\"\nvlan = \"PERSO\"\naddress = \"10.10.30.40\"";
+        let e = with(phone).unwrap_err().to_string();
+        let line = format!("{}\n", super::super::DEFAULT_TOPOLOGY)
+            .lines()
+            .count()
+            + 3;
+        assert!(
+            e.contains(&format!("t.toml:{line}"))
+                && e.contains("phone[1].vlan")
+                && e.contains("phone-2 is on VLAN PERSO")
+                && e.contains("(10.10.10.1 tcp/6443)")
+                && e.contains("to = \"rpi4-1\", ports = [\"tcp/6443\"]"),
+            "{e}"
+        );
+        // The API allowed, but pods on INFRA's nodes and phone-2 could not meet.
+        let api = "[[router.allow]]\nfrom = \"PERSO\"\nto = \"rpi4-1\"\nports = [\"tcp/6443\"]";
+        let e = with(&format!("{phone}\n{api}")).unwrap_err().to_string();
+        assert!(
+            e.contains("VLAN INFRA) and phone-2 (VLAN PERSO)")
+                && e.contains("udp/8472")
+                && e.contains("host[1].vlan"),
+            "{e}"
+        );
+        // VXLAN one way is not enough.
+        let there = "[[router.allow]]\nfrom = \"INFRA\"\nto = \"PERSO\"\nports = [\"udp/8472\"]";
+        let e = with(&format!("{phone}\n{api}\n{there}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("phone[1].vlan") && e.contains("lets PERSO reach INFRA on udp/8472"),
+            "{e}"
+        );
+        let back = "[[router.allow]]\nfrom = \"PERSO\"\nto = \"INFRA\"\nports = [\"udp/8472\"]";
+        let t = with(&format!("{phone}\n{api}\n{there}\n{back}")).unwrap();
+        let r = t.router.as_ref().unwrap();
+        assert!(r.allows(&t, "PERSO", "10.10.10.1".parse().unwrap(), Proto::Tcp, 6443));
+        assert!(!r.allows(&t, "PERSO", "10.10.10.1".parse().unwrap(), Proto::Tcp, 22));
+
+        // Phones without an entry land on cluster.phone_vlan: it is judged too.
+        let text = super::super::DEFAULT_TOPOLOGY
+            .replace("phone_vlan = \"INFRA\"", "phone_vlan = \"IOT\"");
+        let e = Topology::from_toml_str(&text, "t.toml", Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cluster.phone_vlan") && e.contains("join VLAN IOT"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_policy_reads_as_the_ruleset_does() {
+        let t = lab();
+        let r = t.router.as_ref().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Inside a VLAN: switched, never judged.
+        assert!(r.allows(&t, "IOT", ip("10.10.40.9"), Proto::Tcp, 22));
+        // The router: what every VLAN gets, the mirror on INFRA only, the listed services.
+        assert!(r.allows(&t, "IOT", ip("10.10.40.1"), Proto::Udp, 53));
+        assert!(r.allows(&t, "INFRA", ip("10.10.10.1"), Proto::Tcp, 8080));
+        assert!(!r.allows(&t, "PRO", ip("10.10.20.1"), Proto::Tcp, 8080));
+        assert!(r.allows(&t, "INFRA", ip("10.10.20.1"), Proto::Tcp, 22));
+        assert!(!r.allows(&t, "IOT", ip("10.10.40.1"), Proto::Tcp, 6443));
+        // Between VLANs and out.
+        assert!(r.allows(&t, "PRO", ip("10.10.10.12"), Proto::Tcp, 443));
+        assert!(!r.allows(&t, "PRO", ip("10.10.10.12"), Proto::Tcp, 22));
+        assert!(!r.allows(&t, "PRO", ip("10.10.10.12"), Proto::Udp, 443));
+        assert!(r.allows(&t, "PERSO", ip("192.0.2.7"), Proto::Udp, 443));
+        assert!(!r.allows(&t, "IOT", ip("192.0.2.7"), Proto::Tcp, 443));
+        assert!(!r.allows(&t, "PERSO", ip("10.10.20.5"), Proto::Tcp, 443));
     }
 
     #[test]

@@ -107,12 +107,6 @@ pub struct VirtualPhone {
     dir: Option<tempfile::TempDir>,
 }
 
-fn pick_port() -> u16 {
-    // The kernel's ephemeral range (32768+) is far from adb's emulator range 5555–5585.
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
-}
-
 impl VirtualPhone {
     /// Starts the phone described by `tests/profiles/PROFILE.toml`: builds its root, boots it
     /// and listens for adb on 127.0.0.1. Panics with a clear message if that is impossible
@@ -122,14 +116,21 @@ impl VirtualPhone {
         if let Err(why) = cgroups::supported(profile.cgroups) {
             panic!("virtual phone {profile_name}: {why}");
         }
-        let port = opts.port.unwrap_or_else(pick_port);
+        // Without a chosen port the kernel picks one and the listener is kept from that moment:
+        // picking a free port and binding it later lets a parallel test take it in between.
+        let listener =
+            TcpListener::bind(("127.0.0.1", opts.port.unwrap_or(0))).unwrap_or_else(|e| {
+                panic!(
+                    "virtual phone: cannot listen on 127.0.0.1:{}: {e}",
+                    opts.port.unwrap_or(0)
+                )
+            });
+        let port = listener.local_addr().expect("bound listener").port();
         assert!(
             !(5555..=5585).contains(&port),
             "virtual phone port {port} is in 5555–5585, which the adb server scans for emulators: \
              pick a port outside it"
         );
-        let listener = TcpListener::bind(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("virtual phone: cannot listen on 127.0.0.1:{port}: {e}"));
         let dir = tempfile::Builder::new()
             .prefix(&format!("vphone-{port}-"))
             .tempdir()

@@ -12,8 +12,9 @@ phase() { printf '\n== test: %s (%ss) ==\n' "$1" "$(($(date +%s) - started))"; }
 # The run builds once from scratch: incremental state would only add gigabytes to target/.
 export CARGO_INCREMENTAL=0
 # CI machines share a disk whose free space varies; a run that dies of ENOSPC should say so at once.
-# Measured (2026-11-26, fresh clone): target/ ends at 3.2 GiB, the whole run grows the disk by at most
-# 4.0 GiB with setup's packages already installed (they take well under 1 GiB: ~0.3 GiB for the main ones).
+# Measured (2026-12-04, fresh clone on a fresh machine): target/ ends at 3.9 GiB (test rootfs and boot
+# assets included), cargo's registry takes 0.2 GiB; the whole run, setup's packages included, grew the
+# disk by 6 GiB, of which the run itself (packages already installed) about 4.3 GiB.
 disk_need_gib=6
 free_gib=$(($(df --output=avail -k . | tail -n1) / 1024 / 1024))
 echo "free disk here: ${free_gib} GiB (a whole run needs about ${disk_need_gib} GiB)"

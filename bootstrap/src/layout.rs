@@ -79,4 +79,13 @@ pub mod router {
     /// instead of generated ones (k3s' custom CA support), so the join token's hash is known
     /// before the server ever runs.
     pub const K3S_TLS_DIR: &str = "/var/lib/rancher/k3s/server/tls";
+    /// The manifest that registers `node`'s own bootstrap token on the server: in k3s'
+    /// auto-deploying manifests directory (`DATA_DIR/server/manifests`), whose `.json`, `.yaml`
+    /// and `.yml` files k3s applies at every start and whenever they change, unless a
+    /// `NAME.skip` file sits beside them.
+    pub fn node_token_manifest(k3s_data_dir: &std::path::Path, node: &str) -> std::path::PathBuf {
+        k3s_data_dir
+            .join("server/manifests")
+            .join(format!("armfleet-node-token-{node}.json"))
+    }
 }

@@ -628,6 +628,51 @@ impl JoinToken {
     pub fn secret(&self) -> &Secret {
         &self.raw
     }
+
+    /// A bootstrap token's id and secret (`<id>.<secret>`, after `::` in a `K10` token); `None`
+    /// for password tokens.
+    pub fn bootstrap_parts(&self) -> Option<(&str, &str)> {
+        match self.format {
+            TokenFormat::Bootstrap { .. } | TokenFormat::SecureBootstrap { .. } => {
+                let raw = self.raw.expose();
+                let creds = raw.split_once("::").map_or(raw, |(_, c)| c);
+                creds.split_once('.')
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The group every token `k3s token create` makes authenticates as (besides
+/// `system:bootstrappers`, which k3s' agent endpoints admit).
+pub const K3S_BOOTSTRAP_GROUP: &str = "system:bootstrappers:k3s:default-node-token";
+
+/// The Secret `k3s token create --ttl 0 --description …` would make for the bootstrap token
+/// `id.secret`, as a manifest k3s applies at start (kube-system/bootstrap-token-ID, both usages,
+/// k3s' group, no expiry), labelled with the node it was made for.
+pub fn bootstrap_token_manifest(node: &str, id: &str, secret: &Secret) -> Secret {
+    let doc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": format!("bootstrap-token-{id}"),
+            "namespace": "kube-system",
+            "labels": { "armfleet/node": node },
+        },
+        "type": "bootstrap.kubernetes.io/token",
+        "stringData": {
+            "description": format!("armfleet: {node}'s own join token"),
+            "token-id": id,
+            "token-secret": secret.expose(),
+            "usage-bootstrap-authentication": "true",
+            "usage-bootstrap-signing": "true",
+            "auth-extra-groups": K3S_BOOTSTRAP_GROUP,
+        },
+    });
+    Secret::new(format!(
+        "{}\n",
+        serde_json::to_string_pretty(&doc).expect("plain data")
+    ))
 }
 
 /// Result of [`verify_server_ca`] when nothing is wrong.
@@ -796,6 +841,30 @@ mod tests {
             }
         );
         assert_eq!(sb.ca_hash(), Some(HASH));
+        assert_eq!(sb.bootstrap_parts(), Some(("abcdef", "0123456789abcdef")));
+        assert_eq!(boot.bootstrap_parts(), Some(("abcdef", "0123456789abcdef")));
+        assert_eq!(bare.bootstrap_parts(), None);
+        let pw = JoinToken::parse(&format!("K10{HASH}::server:pw.with.dots"), "t").unwrap();
+        assert_eq!(pw.bootstrap_parts(), None);
+    }
+
+    #[test]
+    fn a_bootstrap_token_manifest_is_the_secret_k3s_token_create_makes() {
+        let text = bootstrap_token_manifest("phone-1", "abcdef", &Secret::new("0123456789abcdef"));
+        let v: serde_json::Value = serde_json::from_str(text.expose()).unwrap();
+        assert_eq!(v["kind"], "Secret");
+        assert_eq!(v["type"], "bootstrap.kubernetes.io/token");
+        assert_eq!(v["metadata"]["name"], "bootstrap-token-abcdef");
+        assert_eq!(v["metadata"]["namespace"], "kube-system");
+        assert_eq!(v["metadata"]["labels"]["armfleet/node"], "phone-1");
+        let d = &v["stringData"];
+        assert_eq!(d["token-id"], "abcdef");
+        assert_eq!(d["token-secret"], "0123456789abcdef");
+        assert_eq!(d["usage-bootstrap-authentication"], "true");
+        assert_eq!(d["auth-extra-groups"], K3S_BOOTSTRAP_GROUP);
+        // --ttl 0: no expiry.
+        assert!(d.get("expiration").is_none(), "{d}");
+        assert!(format!("{text:?}").contains("redacted"));
     }
 
     #[test]

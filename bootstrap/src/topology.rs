@@ -1043,7 +1043,7 @@ impl Validator<'_> {
                     return Err(ctx.bad(
                         t.span(),
                         key("token"),
-                        "the server runs with cluster.token; per-node tokens are for agents (k3s token create on the server)".into(),
+                        "the server runs with cluster.token; per-node tokens are for agents (bootstrap tokens, which the server's image registers)".into(),
                     ));
                 }
                 Some(t) => Some(ctx.secret(t, &key("token"))?),

@@ -291,12 +291,13 @@ fn root_tree(
                     .ok()
             })
             .and_then(|t| t.ca_hash().map(str::to_owned));
-        match (&opts.server_ca, &token_hash) {
+        let server_ca = match (&opts.server_ca, &token_hash) {
             (Some(dir), _) => {
                 let hash = router.place_ca(&mut tree, dir, token_hash.as_deref())?;
                 router_notes.push(format!(
                     "cluster CA sha256 {hash}: the agents' tokens begin K10{hash}::"
                 ));
+                Some(hash)
             }
             (None, Some(hash)) => {
                 return Err(ImageError::HostConfig {
@@ -306,9 +307,31 @@ fn root_tree(
                     ),
                 });
             }
-            (None, None) => router_notes.push(
-                "no --server-ca: k3s makes its CA at first start; take the agents' K10 token from /var/lib/rancher/k3s/server/token then".to_string(),
-            ),
+            (None, None) => {
+                router_notes.push(
+                    "no --server-ca: k3s makes its CA at first start; take the agents' K10 token from /var/lib/rancher/k3s/server/token then".to_string(),
+                );
+                None
+            }
+        };
+        let origin = router.summary.topology.clone();
+        router.place_node_tokens(
+            &mut tree,
+            &host.node.k3s.data_dir,
+            server_ca.as_deref(),
+            &origin,
+        )?;
+        router_notes.extend(router.node_token_notes.iter().cloned());
+        if !router.node_tokens.is_empty() {
+            router_notes.push(format!(
+                "nodes' own tokens registered at the server's start: {}",
+                router
+                    .node_tokens
+                    .iter()
+                    .map(|t| format!("{} ({})", t.node, t.id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         router.write_summary(&mut tree)?;
     }

@@ -267,6 +267,7 @@ impl Inspection {
                 ));
             }
             s.push_str(&format!("  k3s server CA: {}\n", r.summary.server_ca));
+            list(&mut s, "  nodes' own join tokens", &r.summary.node_tokens);
             s.push_str(&block(
                 "  nftables ruleset (/etc/nftables.conf)",
                 &r.nftables,

@@ -193,11 +193,14 @@ pub fn plan_from(
             net,
             wifi,
             ssh_keys: h.ssh_keys.clone(),
-            router: topo
-                .router
-                .as_ref()
-                .filter(|r| r.host == h.name)
-                .map(|r| crate::router::RouterPlan::new(topo, r)),
+            router: match topo.router.as_ref().filter(|r| r.host == h.name) {
+                Some(r) => {
+                    let mut plan = crate::router::RouterPlan::new(topo, r);
+                    (plan.node_tokens, plan.node_token_notes) = crate::router::node_tokens(topo)?;
+                    Some(plan)
+                }
+                None => None,
+            },
         },
         token,
         token_note,
@@ -382,6 +385,62 @@ wifi = { ssid = "guest" }
             Some(own.as_bytes()),
             "the host's own token, not the cluster's (unreadable here)"
         );
+    }
+
+    #[test]
+    fn nodes_own_tokens_are_collected_for_the_router_and_one_id_is_one_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |n: &str, t: &str| std::fs::write(dir.path().join(n), t).unwrap();
+        write("a.token", "aaaaaa.0123456789abcdef\n");
+        write("b.token", "K10::node:password-not-bootstrap\n");
+        write("c.token", "aaaaaa.fedcba9876543210\n");
+        let with = |rpi4_2: &str, phone: &str| {
+            let text = bootstrap::topology::DEFAULT_TOPOLOGY
+                .replace(
+                    "name = \"rpi4-2\"\n",
+                    &format!("name = \"rpi4-2\"\ntoken = {{ file = \"{rpi4_2}\" }}\n"),
+                )
+                .replace(
+                    "name = \"phone-1\"\n",
+                    &format!("name = \"phone-1\"\ntoken = {{ file = \"{phone}\" }}\n"),
+                );
+            Topology::from_toml_str(&text, "lab.toml", dir.path()).unwrap()
+        };
+        let t = with("a.token", "b.token");
+        let p = plan_from(&t, &board("rpi4"), Some("rpi4-1")).unwrap();
+        let r = p.plan.router.unwrap();
+        let got: Vec<(&str, &str, &str)> = r
+            .node_tokens
+            .iter()
+            .map(|n| (n.node.as_str(), n.key.as_str(), n.id.as_str()))
+            .collect();
+        assert_eq!(got, [("rpi4-2", "host[1].token", "aaaaaa")]);
+        assert!(
+            r.node_token_notes.len() == 1
+                && r.node_token_notes[0]
+                    .contains("phone-1's own token (phone[0].token) is not a k3s bootstrap token"),
+            "{:?}",
+            r.node_token_notes
+        );
+        // Another file: a note, not an error; the same id twice: refused, both named.
+        let t = with("a.token", "missing.token");
+        let p = plan_from(&t, &board("rpi4"), Some("rpi4-1")).unwrap();
+        assert!(p.plan.router.unwrap().node_token_notes[0].contains("is not registered"));
+        let t = with("a.token", "c.token");
+        let e = plan_from(&t, &board("rpi4"), Some("rpi4-1"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rpi4-2 (host[1].token) and phone-1 (phone[0].token) have bootstrap tokens with the same id aaaaaa"),
+            "{e}"
+        );
+        assert!(
+            !e.contains("0123456789abcdef") && !e.contains("fedcba"),
+            "{e}"
+        );
+        // A worker's plan does not read the others' tokens.
+        let p = plan_from(&t, &board("rpi4"), Some("rpi4-2")).unwrap();
+        assert!(p.plan.router.is_none());
     }
 
     #[test]

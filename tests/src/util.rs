@@ -117,3 +117,40 @@ pub fn output_text(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// `debugfs -R CMD` on the image's root filesystem (partition 2), copied out to `scratch`.
+pub fn root_fs_debugfs(image: &Path, scratch: &Path, cmd: &str) -> String {
+    let o = Command::new("sfdisk")
+        .arg("--json")
+        .arg(image)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let root = &json["partitiontable"]["partitions"][1];
+    let (start, size) = (
+        root["start"].as_u64().unwrap(),
+        root["size"].as_u64().unwrap(),
+    );
+    let dd = Command::new("dd")
+        .arg(format!("if={}", image.display()))
+        .arg(format!("of={}", scratch.display()))
+        .args([
+            "bs=512",
+            "conv=sparse",
+            "status=none",
+            "iflag=count_bytes,skip_bytes",
+        ])
+        .arg(format!("skip={}", start * 512))
+        .arg(format!("count={}", size * 512))
+        .status()
+        .unwrap();
+    assert!(dd.success());
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(cmd)
+        .arg(scratch)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(scratch);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

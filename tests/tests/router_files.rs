@@ -3,7 +3,7 @@
 //! The ruleset is loaded for real, in a network namespace this test makes.
 
 use armfleet_tests::fixtures::{mini_node_rootfs, offline_topology};
-use armfleet_tests::util::{aarch64_bin, cache_dir, host_bin, output_text};
+use armfleet_tests::util::{aarch64_bin, cache_dir, host_bin, output_text, root_fs_debugfs};
 use bootstrap::topology::Topology;
 use std::path::Path;
 use std::process::Command;
@@ -150,6 +150,137 @@ fn the_server_image_needs_the_ca_its_token_names() {
     let said = output_text(&o);
     assert_eq!(o.status.code(), Some(2), "{said}");
     assert!(said.contains("agents would refuse this server"), "{said}");
+    assert!(!out.exists(), "nothing written on a refusal");
+}
+
+/// Each node's own bootstrap token, named in the topology, reaches the server's image as the
+/// manifest k3s applies at start (the Secret `k3s token create` makes), readable by root alone;
+/// `inspect` names the node and the token id, never the secret; a token naming another CA than
+/// the server's is refused with one line that names the node and the key, and nothing is written.
+#[test]
+fn the_server_image_registers_each_nodes_own_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n);
+    let ca_pem = armfleet_tests::k3s_server::custom_ca_dir(&d("ca"));
+    let hash = bootstrap::token::hash_ca(ca_pem.as_bytes());
+    std::fs::write(d("token"), format!("K10{hash}::server:cluster-secret\n")).unwrap();
+    std::fs::write(
+        d("rpi4-2.token"),
+        format!("K10{hash}::r2abcd.0123456789abcdef\n"),
+    )
+    .unwrap();
+    // A phone whose own token is a password, not a bootstrap token: a note, not a manifest.
+    std::fs::write(
+        d("phone-1.token"),
+        format!("K10{hash}::node:phone-password\n"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(offline_topology())
+        .unwrap()
+        .replace(
+            "name = \"rpi4-2\"\n",
+            "name = \"rpi4-2\"\ntoken = { file = \"rpi4-2.token\" }\n",
+        )
+        .replace(
+            "name = \"phone-1\"\n",
+            "name = \"phone-1\"\ntoken = { file = \"phone-1.token\" }\n",
+        );
+    assert_eq!(text.matches(".token\" }").count(), 2, "both entries found");
+    let topology = d("lab.toml");
+    std::fs::write(&topology, text).unwrap();
+    let out = d("rpi4-1.img");
+    let rootfs = mini_node_rootfs();
+    let k3s = aarch64_bin("k3s-standin");
+    let build = |ca: &Path| {
+        imagegen(&[
+            "rpi4",
+            "--host",
+            "rpi4-1",
+            "--topology",
+            topology.to_str().unwrap(),
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            "--k3s",
+            k3s.to_str().unwrap(),
+            "--token-file",
+            d("token").to_str().unwrap(),
+            "--server-ca",
+            ca.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+    let o = build(&d("ca"));
+    let said = output_text(&o);
+    assert!(o.status.success(), "{said}");
+    assert!(
+        said.contains("nodes' own tokens registered at the server's start: rpi4-2 (r2abcd)")
+            && said.contains("phone-1's own token (phone[0].token) is not a k3s bootstrap token"),
+        "{said}"
+    );
+    let shown = output_text(&imagegen(&["inspect", out.to_str().unwrap()]));
+    let manifest = "/var/lib/rancher/k3s/server/manifests/armfleet-node-token-rpi4-2.json";
+    assert!(
+        shown.contains(&format!(
+            "rpi4-2: bootstrap token r2abcd (host[1].token), registered by k3s at start from {manifest}"
+        )),
+        "{shown}"
+    );
+    for text in [&said, &shown] {
+        assert!(
+            !text.contains("0123456789abcdef") && !text.contains("phone-password"),
+            "no secret is shown: {text}"
+        );
+    }
+    let stat = root_fs_debugfs(&out, &d("root.ext4"), &format!("stat {manifest}"));
+    assert!(
+        stat.contains("Mode:  0600") && stat.contains("User:     0"),
+        "{stat}"
+    );
+    let dir_stat = root_fs_debugfs(
+        &out,
+        &d("root.ext4"),
+        "stat /var/lib/rancher/k3s/server/manifests",
+    );
+    assert!(dir_stat.contains("Mode:  0700"), "{dir_stat}");
+    let json = root_fs_debugfs(&out, &d("root.ext4"), &format!("cat {manifest}"));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["metadata"]["name"], "bootstrap-token-r2abcd");
+    assert_eq!(v["stringData"]["token-secret"], "0123456789abcdef");
+    assert_eq!(
+        v["stringData"]["auth-extra-groups"],
+        "system:bootstrappers:k3s:default-node-token"
+    );
+    let none = root_fs_debugfs(
+        &out,
+        &d("root.ext4"),
+        "stat /var/lib/rancher/k3s/server/manifests/armfleet-node-token-phone-1.json",
+    );
+    assert!(
+        !none.contains("Mode:"),
+        "no manifest for a password token: {none}"
+    );
+    std::fs::remove_file(&out).unwrap();
+
+    // The server's CA is another than the one rpi4-2's token names.
+    let other = d("other-ca");
+    let other_hash =
+        bootstrap::token::hash_ca(armfleet_tests::k3s_server::custom_ca_dir(&other).as_bytes());
+    std::fs::write(
+        d("token"),
+        format!("K10{other_hash}::server:cluster-secret\n"),
+    )
+    .unwrap();
+    let o = build(&other);
+    let said = output_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("rpi4-2's own token (")
+            && said.contains("key `host[1].token`")
+            && said.contains(&format!("make it K10{other_hash}::r2abcd.<secret>")),
+        "{said}"
+    );
+    assert!(!said.contains("0123456789abcdef"), "{said}");
     assert!(!out.exists(), "nothing written on a refusal");
 }
 

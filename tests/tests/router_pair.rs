@@ -11,7 +11,8 @@
 //! - node-runtime on the worker reaches the server's port 6443 and finds there the CA the join
 //!   token's hash names (the k3s stand-in as `k3s server`, started by node-runtime on the router
 //!   from the CA imagegen placed), and the agent joins: the CA checked against the token's hash,
-//!   the token's password accepted by the server (both sides say so on their consoles);
+//!   then the worker's own bootstrap token (named in the topology, registered by the server from
+//!   the manifest its image carries) accepted by the server (both sides say so on their consoles);
 //! - the worker's cable moved to an IOT port: it gets an IOT address, and the server's API is
 //!   not reachable from there, nor is the mirror (the firewall drops IOT -> INFRA; a drop, so a
 //!   timeout).
@@ -22,7 +23,7 @@
 use armfleet_tests::fixtures::{offline_topology, real_node_rootfs};
 use armfleet_tests::lab::set_key;
 use armfleet_tests::qemu::QemuBoot;
-use armfleet_tests::util::{aarch64_bin, cache_dir, host_bin, output_text};
+use armfleet_tests::util::{aarch64_bin, cache_dir, host_bin, output_text, root_fs_debugfs};
 use armfleet_tests::vswitch::{PortMode, Switch};
 use std::path::Path;
 use std::process::Command;
@@ -80,43 +81,6 @@ fn imagegen(args: &[&str], topology: &Path) -> String {
     text
 }
 
-/// `debugfs -R CMD` on the image's root filesystem (partition 2), copied out to `scratch`.
-fn root_fs_debugfs(image: &Path, scratch: &Path, cmd: &str) -> String {
-    let o = Command::new("sfdisk")
-        .arg("--json")
-        .arg(image)
-        .output()
-        .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let root = &json["partitiontable"]["partitions"][1];
-    let (start, size) = (
-        root["start"].as_u64().unwrap(),
-        root["size"].as_u64().unwrap(),
-    );
-    let dd = Command::new("dd")
-        .arg(format!("if={}", image.display()))
-        .arg(format!("of={}", scratch.display()))
-        .args([
-            "bs=512",
-            "conv=sparse",
-            "status=none",
-            "iflag=count_bytes,skip_bytes",
-        ])
-        .arg(format!("skip={}", start * 512))
-        .arg(format!("count={}", size * 512))
-        .status()
-        .unwrap();
-    assert!(dd.success());
-    let out = Command::new("debugfs")
-        .arg("-R")
-        .arg(cmd)
-        .arg(scratch)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_file(scratch);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A line already on the console or the next one with `needle`.
 fn console_line(vm: &mut QemuBoot, needle: &str, timeout: Duration, what: &str) -> String {
     if let Some(l) = vm.log().iter().find(|l| l.contains(needle)) {
@@ -157,16 +121,28 @@ fn slow_qemu_router_serves_a_worker_on_its_vlans() {
             "\"{base_url}/k3s-arm64\"\nairgap = {{ url = \"{base_url}/k3s-airgap-images-arm64.tar.zst\", sha256 = \"{airgap_pin}\" }}"
         ),
     );
-    let text = text.replace("address = \"10.10.10.12\"", "address = \"dhcp\"");
-    let topology = d("lab.toml");
-    std::fs::write(&topology, text).unwrap();
-
     // The cluster CA, made before the server ever runs, and the join token that names it.
     let ca_dir = d("k3s-ca");
     let ca_pem = armfleet_tests::k3s_server::custom_ca_dir(&ca_dir);
     let ca_hash = bootstrap::token::hash_ca(ca_pem.as_bytes());
     let token = d("token");
     std::fs::write(&token, format!("K10{ca_hash}::server:pair-proof-secret\n")).unwrap();
+    // rpi4-2's own token, a bootstrap token the topology names: the server's image registers
+    // it, the worker's image carries it, and the worker joins with it.
+    std::fs::write(
+        d("rpi4-2.token"),
+        format!("K10{ca_hash}::pair02.0123456789abcdef\n"),
+    )
+    .unwrap();
+    let text = text
+        .replace("address = \"10.10.10.12\"", "address = \"dhcp\"")
+        .replace(
+            "name = \"rpi4-2\"\n",
+            "name = \"rpi4-2\"\ntoken = { file = \"rpi4-2.token\" }\n",
+        );
+    assert!(text.contains("rpi4-2.token"), "rpi4-2's entry found");
+    let topology = d("lab.toml");
+    std::fs::write(&topology, text).unwrap();
 
     // The router's image, then what inspect reads back from it.
     let server_img = d("rpi4-1.img");
@@ -187,6 +163,10 @@ fn slow_qemu_router_serves_a_worker_on_its_vlans() {
         &topology,
     );
     assert!(said.contains("baked in (pinned download"), "{said}");
+    assert!(
+        said.contains("nodes' own tokens registered at the server's start: rpi4-2 (pair02)"),
+        "{said}"
+    );
     let shown = imagegen(&["inspect", server_img.to_str().unwrap()], &topology);
     for want in [
         "INFRA id 10: 10.10.10.1/24 on eth0.10, DHCP 10.10.10.128-10.10.10.254",
@@ -204,6 +184,7 @@ fn slow_qemu_router_serves_a_worker_on_its_vlans() {
             airgap.len()
         ),
         "policy drop;",
+        "rpi4-2: bootstrap token pair02 (host[1].token)",
     ] {
         assert!(shown.contains(want), "inspect lacks {want:?}:\n{shown}");
     }
@@ -232,8 +213,7 @@ fn slow_qemu_router_serves_a_worker_on_its_vlans() {
             "rpi4-2",
             "--rootfs",
             rootfs.to_str().unwrap(),
-            "--token-file",
-            token.to_str().unwrap(),
+            // No --token-file: rpi4-2's own token comes from the topology.
             // The server is not running while its workers' images are made.
             "--no-ca-check",
             "-o",
@@ -299,6 +279,11 @@ fn slow_qemu_router_serves_a_worker_on_its_vlans() {
         "k3s-standin: server: agent rpi4-2 joined from 10.10.10.",
         Duration::from_secs(60),
         "the server's side of the join",
+    );
+    // With its own token, registered from the manifest the server's image carries.
+    assert!(
+        welcomed.contains("with bootstrap token pair02"),
+        "{welcomed}"
     );
     println!(
         "worker: {reached}\nworker: {fetched}\nworker: {airgap_fetched}\nworker: {joined}\nrouter: {welcomed}"

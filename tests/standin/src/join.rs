@@ -1,7 +1,9 @@
 //! The agent's join, as k3s' agent does it before anything else: fetch `SERVER/cacerts` without
 //! trusting it, compare its sha256 with the CA hash a `K10` token names (a mismatch is fatal),
 //! then call the server with that CA as the only trust anchor and the token's password as
-//! `node:<password>` Basic credentials. An unreachable server is retried every 2 s, logged the
+//! `node:<password>` Basic credentials, or a bootstrap token (`ID.SECRET`) as `Bearer`. A
+//! bootstrap token the server does not know yet is retried (k3s registers them from its
+//! manifests some seconds after it starts). An unreachable server is retried every 2 s, logged the
 //! first time and every 30th. The kubelet side (healthz) does not wait for it, so supervisor
 //! tests without a server behave as before.
 //!
@@ -81,10 +83,15 @@ fn attempt(server_url: &str, token: &str, node_name: &str) -> Result<String, Fai
         )));
     }
     let trusted = client_config(Some(&pem));
-    let auth = format!(
-        "Basic {}",
-        base64(&format!("node:{}", token_password(token)))
-    );
+    let creds = token.split_once("::").map_or(token, |(_, c)| c);
+    let bootstrap_id = bootstrap_id(creds);
+    let auth = match bootstrap_id {
+        Some(_) => format!("Bearer {creds}"),
+        None => format!(
+            "Basic {}",
+            base64(&format!("node:{}", token_password(token)))
+        ),
+    };
     let (status, _) = get(
         &host,
         port,
@@ -97,13 +104,30 @@ fn attempt(server_url: &str, token: &str, node_name: &str) -> Result<String, Fai
             "failed to get the server's config (CA-verified TLS): {e}"
         ))
     })?;
-    match status {
-        200 => Ok(got),
-        401 => Err(Failure::Fatal(
+    match (status, bootstrap_id) {
+        (200, _) => Ok(got),
+        (401, Some(id)) => Err(Failure::Retry(format!(
+            "Waiting to retrieve agent configuration; server is not ready: 401 Unauthorized (bootstrap token {id})"
+        ))),
+        (401, None) => Err(Failure::Fatal(
             "Node password rejected: the token's password is not the server's".into(),
         )),
-        s => Err(Failure::Retry(format!("/v1-k3s/config answered {s}"))),
+        (s, _) => Err(Failure::Retry(format!("/v1-k3s/config answered {s}"))),
     }
+}
+
+/// The id of a bootstrap token (`[a-z0-9]{6}.[a-z0-9]{16}`), k3s' test for sending it as
+/// `Bearer`.
+fn bootstrap_id(creds: &str) -> Option<&str> {
+    let (id, secret) = creds.split_once('.')?;
+    (token_part(id, 6) && token_part(secret, 16)).then_some(id)
+}
+
+/// `[a-z0-9]{n}`: a bootstrap token's id (6) or secret (16).
+pub(crate) fn token_part(v: &str, n: usize) -> bool {
+    v.len() == n
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 fn host_port(url: &str) -> Option<(String, u16)> {
@@ -288,6 +312,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bootstrap_tokens_are_told_from_passwords_as_k3s_does() {
+        assert_eq!(bootstrap_id("abcdef.0123456789abcdef"), Some("abcdef"));
+        assert_eq!(bootstrap_id("abcdef.0123456789ABCDEF"), None);
+        assert_eq!(bootstrap_id("server:abcdef.0123456789abcdef"), None);
+        assert_eq!(bootstrap_id("abcdefg.0123456789abcdef"), None);
+    }
+
+    #[test]
     fn base64_round_trips_and_urls_split() {
         for s in ["node:s3cr3t", "a", "ab", "abc", "node:pair-proof-secret"] {
             assert_eq!(unbase64(&base64(s)).unwrap(), s.as_bytes());
@@ -306,7 +338,19 @@ mod tests {
         let hash = ca_hash(&ca.0);
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("https://127.0.0.1:{}", l.local_addr().unwrap().port());
-        crate::server::serve(l, ca, vec!["127.0.0.1".into()], "pw".into()).unwrap();
+        let creds = crate::server::Credentials {
+            password: "pw".into(),
+            bootstrap: [("abcdef".to_owned(), "0123456789abcdef".to_owned())].into(),
+        };
+        crate::server::serve(l, ca, vec!["127.0.0.1".into()], creds).unwrap();
+        // A bootstrap token the server holds, behind the CA's hash; one it does not: retried.
+        assert_eq!(
+            attempt(&url, &format!("K10{hash}::abcdef.0123456789abcdef"), "n1").ok(),
+            Some(hash.clone())
+        );
+        assert!(
+            matches!(attempt(&url, &format!("K10{hash}::abcdef.0123456789abcdee"), "n1"), Err(Failure::Retry(m)) if m.contains("401 Unauthorized (bootstrap token abcdef)"))
+        );
         assert_eq!(
             attempt(&url, &format!("K10{hash}::server:pw"), "n1").ok(),
             Some(hash.clone())
@@ -345,7 +389,11 @@ mod tests {
         let hash = ca_hash(&pem);
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("https://127.0.0.1:{}", l.local_addr().unwrap().port());
-        crate::server::serve(l, ca, vec!["127.0.0.1".into()], "pw".into()).unwrap();
+        let creds = crate::server::Credentials {
+            password: "pw".into(),
+            bootstrap: Default::default(),
+        };
+        crate::server::serve(l, ca, vec!["127.0.0.1".into()], creds).unwrap();
         match attempt(&url, &format!("K10{hash}::server:pw"), "n1") {
             Ok(h) => assert_eq!(h, hash),
             Err(Failure::Fatal(m) | Failure::Retry(m)) => panic!("no join: {m}"),

@@ -324,12 +324,25 @@ fn main() {
                 ),
             )),
         };
-        if let Err(e) = server::serve(
-            listener,
-            ca,
-            names,
-            server::token_password(&token).to_owned(),
-        ) {
+        let (registered, left_out) = server::manifest_bootstrap_tokens(&data_dir);
+        for w in &left_out {
+            log_kv("warning", "Failed to process config", &[("error", w)]);
+        }
+        for (id, _, file) in &registered {
+            log_kv(
+                "info",
+                "bootstrap token registered",
+                &[("id", id), ("manifest", file)],
+            );
+        }
+        let credentials = server::Credentials {
+            password: server::token_password(&token).to_owned(),
+            bootstrap: registered
+                .into_iter()
+                .map(|(id, secret, _)| (id, secret))
+                .collect(),
+        };
+        if let Err(e) = server::serve(listener, ca, names, credentials) {
             run.refuse(Refusal::fatal("listen", format!("supervisor TLS: {e}")));
         }
         log_kv("info", "Cluster CA ready", &[("sha256", &hash)]);

@@ -35,9 +35,11 @@
 //!
 //! `k3s server` (flags from [`flags::SERVER_FLAGS`]) goes through the same token, cgroup and
 //! kmsg checks, takes the cluster CA from `DATA_DIR/server/tls` (made when absent), refuses a
-//! `K10` token naming another CA, and serves the supervisor port (`--https-listen-port`, 6443):
-//! see [`server`]. An agent whose server answers joins it in the background ([`join`]): the CA
-//! checked against the token's hash, then the token's password; health does not wait for it.
+//! `K10` token naming another CA, registers the bootstrap tokens its manifests
+//! (`DATA_DIR/server/manifests`) hold, and serves the supervisor port (`--https-listen-port`,
+//! 6443): see [`server`]. An agent whose server answers joins it in the background ([`join`]):
+//! the CA checked against the token's hash, then the token's password or bootstrap token; health
+//! does not wait for it.
 //!
 //! Every start appends one JSON line to the record file (`<its own path>.runs`, or
 //! `$K3S_STANDIN_RECORD`) once it knows how the start ends: pid, argv, the parsed `flags` and

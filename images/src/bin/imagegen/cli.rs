@@ -57,7 +57,7 @@ pub fn build_examples(board: &str) -> String {
   imagegen {board} --rootfs rootfs.tar.gz --boot-assets ./debs --token-file ./token
   imagegen {board} --token-file ./token --no-ca-check   # offline: skip the server CA check{}",
         if board == "rpi4" {
-            "\n  imagegen rpi4 --host rpi4-1 --token-file ./token --server-ca ./k3s-ca   # the router and k3s server"
+            "\n  imagegen rpi4 --host rpi4-1 --token-file ./token --server-ca ./k3s-ca   # the router and k3s server; registers the nodes' own tokens"
         } else {
             ""
         }
@@ -100,7 +100,8 @@ pub struct BuildArgs {
     #[arg(long)]
     pub no_ca_check: bool,
     /// The k3s server's CA (the directory k3s' generate-custom-ca-certs.sh writes), for the
-    /// server's image: its server-ca.crt must be the CA the join token's hash names.
+    /// server's image: its server-ca.crt must be the CA the join token's hash names, and the
+    /// nodes' own tokens' (which the server's image registers).
     #[arg(long, value_name = "DIR")]
     pub server_ca: Option<PathBuf>,
     /// Print the summary as JSON.

@@ -36,6 +36,7 @@ pub mod status;
 pub mod token;
 pub mod topology;
 pub mod unit;
+pub mod url;
 
 pub use node_config::NodeConfig;
 pub use topology::Topology;

@@ -1236,22 +1236,12 @@ impl Topology {
     /// host with a fixed address (its first label; the search domain may follow). `None` when
     /// the name is none of the topology's.
     pub fn api_endpoint(&self) -> Option<(IpAddr, u16)> {
-        let rest = self.cluster.server.split_once("://")?.1;
-        let authority = rest.split('/').next()?;
-        let (host, port) = match authority.strip_prefix('[') {
-            Some(v6) => {
-                let (h, after) = v6.split_once(']')?;
-                (h, after.strip_prefix(':'))
-            }
-            None => match authority.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (authority, None),
-            },
-        };
-        let port = match port {
+        let url = crate::url::split(&self.cluster.server)?;
+        let port = match url.port {
             Some(p) => p.parse().ok()?,
             None => 443,
         };
+        let host = url.host;
         let ip = match host.parse::<IpAddr>() {
             Ok(ip) => ip,
             Err(_) => {

@@ -379,7 +379,8 @@ impl Tree {
 
     /// Adds (or replaces) a file owned by root whose bytes are the host file `src`, read while
     /// the image is written rather than held in memory (mirror archives are hundreds of MiB).
-    pub fn add_host_file(&mut self, path: &str, perm: u32, src: &Path) -> Result<(), ImageError> {
+    /// Returns its size.
+    pub fn add_host_file(&mut self, path: &str, perm: u32, src: &Path) -> Result<u64, ImageError> {
         let len = std::fs::metadata(src).map_err(io(src))?.len();
         let meta = self.root_meta(0o100000, perm);
         self.add(
@@ -387,7 +388,8 @@ impl Tree {
             Kind::File,
             Some(Content::Host(src.to_owned(), len)),
             meta,
-        )
+        )?;
+        Ok(len)
     }
 
     /// Adds a directory owned by root (an existing one keeps its contents).

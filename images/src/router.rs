@@ -304,13 +304,9 @@ impl RouterPlan {
         name: &str,
         data: &[u8],
     ) -> Result<String, ImageError> {
-        let in_mirror = format!("{MIRROR_DIR}/{name}");
+        let in_mirror = mirror_path(name);
         tree.add_file(in_mirror.trim_start_matches('/'), 0o644, data)?;
-        self.summary.mirror.push(MirrorFile {
-            name: name.to_owned(),
-            size: data.len() as u64,
-            sha256: bootstrap::digest::sha256_hex(data),
-        });
+        self.listed_in_mirror(name, data.len() as u64, bootstrap::digest::sha256_hex(data));
         Ok(in_mirror)
     }
 
@@ -324,15 +320,19 @@ impl RouterPlan {
         src: &Path,
         sha256: &str,
     ) -> Result<String, ImageError> {
-        let in_mirror = format!("{MIRROR_DIR}/{name}");
-        tree.add_host_file(in_mirror.trim_start_matches('/'), 0o644, src)?;
-        let size = std::fs::metadata(src).map_err(io(src))?.len();
+        let in_mirror = mirror_path(name);
+        let size = tree.add_host_file(in_mirror.trim_start_matches('/'), 0o644, src)?;
+        self.listed_in_mirror(name, size, sha256.to_owned());
+        Ok(in_mirror)
+    }
+
+    /// Lists a file placed in the mirror in what `inspect` shows.
+    fn listed_in_mirror(&mut self, name: &str, size: u64, sha256: String) {
         self.summary.mirror.push(MirrorFile {
             name: name.to_owned(),
             size,
-            sha256: sha256.to_owned(),
+            sha256,
         });
-        Ok(in_mirror)
     }
 
     /// Places the cluster CA from `dir` (k3s' custom CA layout: `server-ca.crt`, `server-ca.key`,
@@ -416,11 +416,10 @@ impl RouterPlan {
         for t in &self.node_tokens {
             let path = bootstrap::layout::router::node_token_manifest(k3s_data_dir, &t.node);
             let rel = path.to_string_lossy().trim_start_matches('/').to_owned();
-            // k3s keeps its server directory to root alone; the manifest holds a secret.
-            if let Some(dir) = Path::new(&rel).parent() {
-                if let Some(server_dir) = dir.parent() {
-                    tree.add_dir(&server_dir.to_string_lossy(), 0o700)?;
-                }
+            // k3s keeps its server directory (the manifests' parent) to root alone; the manifest
+            // holds a secret.
+            let manifests = Path::new(&rel).parent().expect("DATA_DIR/server/manifests");
+            for dir in [manifests.parent().expect("DATA_DIR/server"), manifests] {
                 tree.add_dir(&dir.to_string_lossy(), 0o700)?;
             }
             let doc = bootstrap::token::bootstrap_token_manifest(&t.node, &t.id, &t.secret);
@@ -445,6 +444,11 @@ impl RouterPlan {
             format!("{text}\n").as_bytes(),
         )
     }
+}
+
+/// A mirror file's absolute path in the image.
+fn mirror_path(name: &str) -> String {
+    format!("{MIRROR_DIR}/{name}")
 }
 
 /// Every regular file under `dir`, as (relative path, absolute path), sorted.

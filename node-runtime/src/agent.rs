@@ -95,13 +95,7 @@ pub fn agent_args(
 
 /// The host part of `https://host:port`, without brackets for IPv6.
 fn url_host(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split('/').next()?;
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?,
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    (!host.is_empty()).then(|| host.to_owned())
+    bootstrap::url::split(url).map(|p| p.host.to_owned())
 }
 
 /// The resolv.conf node-runtime writes from `network.nameservers` (in the worker's root).

@@ -607,14 +607,11 @@ fn named_address(topo: &Topology, name: &str) -> Option<Result<(IpAddr, String),
 /// addresses or its name; it is served on that address's VLAN (the router's own for a name).
 fn mirror_place(topo: &Topology, router: &super::Host, own: &Vlan) -> Option<Mirror> {
     let url = topo.cluster.mirror.as_deref()?;
-    let rest = url.strip_prefix("http://")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().ok()?),
-        None => (authority, 80),
+    let parts = crate::url::split(url).filter(|p| p.scheme == "http")?;
+    let (host, path) = (parts.host, parts.path);
+    let port = match parts.port {
+        Some(p) => p.parse().ok()?,
+        None => 80,
     };
     let vlan = if let Ok(ip) = host.parse::<IpAddr>() {
         topo.vlans
